@@ -11,4 +11,5 @@
 //! - [`aws`]: credentials, SigV4, KMS and ResumeSession through the AWS SDK.
 //! - [`cli`]: the argv/environment contract the AWS CLI relies on.
 
+pub mod channel;
 pub mod wire;
