@@ -11,6 +11,7 @@
 //! - `aws`: credentials, SigV4, KMS and ResumeSession through the AWS SDK.
 //! - [`cli`]: the argv/environment contract the AWS CLI relies on.
 
+pub mod channel;
 pub mod cli;
 pub mod smux;
 pub mod transport;
