@@ -1,0 +1,101 @@
+//! Settings read from the environment: the only configuration a plugin started by the AWS CLI
+//! can receive. Every variable is documented in README.md ("Environment variables").
+
+use std::time::Duration;
+
+use crate::channel;
+
+/// Moves the `Starting session...`/`Exiting session...` lines to stderr when set to `stderr`.
+pub const ENV_MESSAGES: &str = "SESSION_MANAGER_PLUGIN_MESSAGES";
+/// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter string).
+pub const ENV_LOG: &str = "SESSION_MANAGER_PLUGIN_LOG";
+/// Log to this file instead of stderr.
+pub const ENV_LOG_FILE: &str = "SESSION_MANAGER_PLUGIN_LOG_FILE";
+/// Upper bound on data frames per second we send (the service ends sessions above ~1000/s).
+pub const ENV_FRAME_RATE: &str = "SESSION_MANAGER_PLUGIN_MAX_FRAME_RATE";
+/// Payload size of data we send (default 1024, the agent's own; larger is untested against AWS).
+pub const ENV_PAYLOAD_SIZE: &str = "SESSION_MANAGER_PLUGIN_PAYLOAD_SIZE";
+/// Seconds an unacknowledged message may wait before we give up on the agent.
+pub const ENV_GIVE_UP: &str = "SESSION_MANAGER_PLUGIN_RESEND_TIMEOUT";
+
+/// The agent's StreamDataPayloadSize.
+pub const DEFAULT_PAYLOAD_SIZE: usize = 1024;
+/// Just under the ~1000 frames/s users report the service tolerates.
+pub const DEFAULT_FRAME_RATE: u32 = 950;
+
+/// Values read once at start.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// Status lines on stderr.
+    pub messages_to_stderr: bool,
+    /// Log filter.
+    pub log: Option<String>,
+    /// Log file.
+    pub log_file: Option<String>,
+    /// Frames per second; 0 disables the limit.
+    pub frame_rate: u32,
+    /// Payload size.
+    pub payload_size: usize,
+    /// Give-up time.
+    pub give_up: Duration,
+}
+
+impl Env {
+    /// Reads the process environment.
+    pub fn from_process() -> Self {
+        Self::from_fn(|k| std::env::var(k).ok())
+    }
+
+    /// Reads from any lookup function (tests).
+    pub fn from_fn(get: impl Fn(&str) -> Option<String>) -> Self {
+        let num = |k: &str| get(k).and_then(|v| v.trim().parse::<u64>().ok());
+        Self {
+            messages_to_stderr: get(ENV_MESSAGES).is_some_and(|v| v.eq_ignore_ascii_case("stderr")),
+            log: get(ENV_LOG).filter(|v| !v.is_empty()),
+            log_file: get(ENV_LOG_FILE).filter(|v| !v.is_empty()),
+            frame_rate: num(ENV_FRAME_RATE).map_or(DEFAULT_FRAME_RATE, |v| v.min(1_000_000) as u32),
+            payload_size: num(ENV_PAYLOAD_SIZE)
+                .map_or(DEFAULT_PAYLOAD_SIZE, |v| (v as usize).clamp(64, 64 * 1024)),
+            give_up: Duration::from_secs(num(ENV_GIVE_UP).unwrap_or(120).max(5)),
+        }
+    }
+
+    /// The channel configuration these settings imply.
+    pub fn channel_config(&self) -> channel::Config {
+        let mut c = channel::Config::default();
+        c.give_up_after = self.give_up;
+        c.frame_budget = (self.frame_rate > 0).then(|| channel::FrameBudget {
+            per_second: self.frame_rate,
+            burst: (self.frame_rate / 10).max(1),
+        });
+        c.seed = rand::random();
+        c
+    }
+}
+
+/// Sets up logging: warnings and errors on stderr by default, or the level and file asked for.
+pub fn init_logging(env: &Env) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(env.log.as_deref().unwrap_or("warn"))
+        .unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    if let Some(path) = &env.log_file {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(f) => {
+                let _ = builder
+                    .with_ansi(false)
+                    .with_writer(std::sync::Mutex::new(f))
+                    .try_init();
+                return;
+            }
+            Err(e) => eprintln!("Warning: cannot open the log file {path}: {e}; logging to stderr"),
+        }
+    }
+    let _ = builder.with_writer(std::io::stderr).try_init();
+}
