@@ -1,1 +1,4 @@
 //! agent simulator
+
+pub mod api;
+pub mod backend;
