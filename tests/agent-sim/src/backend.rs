@@ -46,9 +46,9 @@ pub struct BackendError {
 }
 
 impl BackendError {
-    pub(crate) fn new(code: &str, message: impl Into<String>) -> Self {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
-            code: code.to_owned(),
+            code: code.into(),
             message: message.into(),
         }
     }

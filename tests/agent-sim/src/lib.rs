@@ -13,6 +13,7 @@
 //! - `plugins`: Standard_Stream / InteractiveCommands / NonInteractiveCommands / Port.
 //! - `smux`: our own minimal server side of the smux v1 multiplexer used by Port sessions.
 
+pub mod api;
 pub mod backend;
 pub mod config;
 mod crypto;
