@@ -58,6 +58,8 @@ where
     let found: Arc<std::sync::Mutex<Option<Arc<Session>>>> = Default::default();
     let found2 = found.clone();
     let shared2 = shared.clone();
+    // The callback's signature is tungstenite's; its large Err type is not ours to shrink.
+    #[allow(clippy::result_large_err)]
     let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         let id = req
             .uri()

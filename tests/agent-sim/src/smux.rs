@@ -280,7 +280,7 @@ async fn stream_task(
             let mut buf = vec![0u8; MAX_FRAME];
             loop {
                 let n = tokio::select! {
-                    r = cr.read(&mut buf) => match r { Ok(n) => n, Err(_) => 0 },
+                    r = cr.read(&mut buf) => r.unwrap_or(0),
                     _ = stop.notified() => 0,
                 };
                 if n == 0 {

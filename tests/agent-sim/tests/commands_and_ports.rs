@@ -108,7 +108,8 @@ async fn handshake_timeout_ends_the_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn port_handshake_properties() {
     let sim = sim(fast_config()).await;
-    let cases: [(&str, &[(&str, &str)], &str); 4] = [
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 4] = [
         (
             "AWS-StartPortForwardingSession",
             &[("portNumber", "43355")],

@@ -128,7 +128,7 @@ async fn cut_and_resume_keeps_the_shell() {
     c.send_text("X=4''2; echo set-$X\r").await;
     c.output_until("set-42", T).await;
     assert!(sim.cut(&s.session_id));
-    assert!(matches!(c.until_ws_closed(T).await, None));
+    assert!(c.until_ws_closed(T).await.is_none());
     // Output produced while nobody is connected is kept for the resumed connection.
     let r = sim.backend().resume_session(&s.session_id).unwrap();
     let mut c2 = Client::connect(&r.stream_url, &r.token_value, NEW_CLIENT).await;
