@@ -85,9 +85,16 @@ struct Args {
     /// Accept websockets and never answer.
     #[arg(long)]
     stall: bool,
-    /// Address for the fake AWS API (SSM/ECS/KMS), e.g. 127.0.0.1:0.
-    #[arg(long)]
+    /// Also serve the fake AWS API (SSM/ECS/KMS) on 127.0.0.1 (the value is ignored; the port is
+    /// ephemeral and printed in `api_url`).
+    #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:0")]
     api: Option<String>,
+    /// Access key id the fake API accepts (SigV4 checked); without it signatures are not checked.
+    #[arg(long)]
+    api_access_key_id: Option<String>,
+    /// Secret access key for `--api-access-key-id`.
+    #[arg(long)]
+    api_secret_access_key: Option<String>,
 }
 
 fn parse_faults(s: &str) -> anyhow::Result<DirFaults> {
@@ -151,14 +158,27 @@ async fn main() -> anyhow::Result<()> {
             stall: a.stall,
         },
     };
-    let sim = Simulator::start(config).await?;
-    // HOOK for the fake AWS API: once `agent_sim::api` exists, serve it here, e.g.
-    //   let api_url = agent_sim::api::serve(sim.backend(), resolver, addr).await?;
-    // and start the simulator with `Simulator::start_with_resolver` using the API's KMS store.
+    // One KMS store shared by the fake KMS (which hands out data keys) and the simulated agent
+    // (which recovers them from the ciphertext the plugin sends back).
+    let kms = std::sync::Arc::new(agent_sim::api::KmsStore::new());
+    let sim = Simulator::start_with_resolver(config, Some(kms.clone())).await?;
+    let mut _api_handle = None;
     let api_url: Option<String> = match &a.api {
-        Some(addr) => anyhow::bail!(
-            "--api {addr}: the fake AWS API is not part of this build yet (agent_sim::api)"
-        ),
+        Some(_) => {
+            let mut opts = agent_sim::api::ApiOptions {
+                kms: Some(kms.clone()),
+                ..Default::default()
+            };
+            if let (Some(id), Some(secret)) = (&a.api_access_key_id, &a.api_secret_access_key) {
+                opts.credentials.insert(id.clone(), secret.clone());
+            } else {
+                opts.verify_signatures = false;
+            }
+            let handle = agent_sim::api::serve(std::sync::Arc::new(sim.backend()), opts).await?;
+            let url = handle.url();
+            _api_handle = Some(handle);
+            Some(url)
+        }
         None => None,
     };
     let line = serde_json::json!({
