@@ -79,7 +79,9 @@ pub fn upgrade_headers(
             let name = HeaderName::from_static(h.name());
             let mut value = HeaderValue::from_str(h.value())
                 .map_err(|_| format!("SigV4 produced an invalid {} header", h.name()))?;
-            value.set_sensitive(h.sensitive());
+            // Kept out of any header dump: the session token is a credential, and a
+            // signature is replayable for minutes.
+            value.set_sensitive(h.sensitive() || h.name() == "authorization");
             Ok((name, value))
         })
         .collect()
@@ -127,9 +129,7 @@ mod tests {
         assert_eq!(get("x-amz-security-token").unwrap(), "tok");
         assert!(h
             .iter()
-            .find(|(k, _)| k.as_str() == "authorization")
-            .unwrap()
-            .1
-            .is_sensitive());
+            .filter(|(k, _)| k.as_str() != "x-amz-date")
+            .all(|(_, v)| v.is_sensitive()));
     }
 }
