@@ -638,6 +638,20 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
     }
 }
 
+/// A reconnection notice on stderr. A shell may have the terminal in raw mode, where a bare
+/// `\n` does not return the cursor, so lines end with `\r\n` on a terminal.
+fn notice(text: &str) {
+    use std::io::{IsTerminal, Write};
+    let mut e = std::io::stderr().lock();
+    let text = if e.is_terminal() {
+        format!("{}\r\n", text.replace('\n', "\r\n"))
+    } else {
+        format!("{text}\n")
+    };
+    let _ = e.write_all(text.as_bytes());
+    let _ = e.flush();
+}
+
 /// Waits (bounded) for a TerminateSession API call started on the way out.
 async fn finish_terminate(terminating: Option<JoinHandle<()>>) {
     if let Some(t) = terminating {
@@ -677,11 +691,10 @@ async fn reconnect(
     reason: &str,
     outage_since: Instant,
 ) -> Result<Link, SessionError> {
-    let ui = settings.ui;
     let session_id = &settings.args.response.session_id;
     let limit = settings.reconnect_timeout;
     let deadline = outage_since + limit;
-    ui.warn(&format!(
+    notice(&format!(
         "\nConnection lost ({reason}); resuming session..."
     ));
     let mut delay = Duration::from_millis(100 + u64::from(rand::random::<u8>() % 100));
@@ -713,7 +726,7 @@ async fn reconnect(
                 {
                     Ok(link) => {
                         tracing::info!(attempt, "session resumed");
-                        ui.warn("Session resumed.");
+                        notice("Session resumed.");
                         return Ok(link);
                     }
                     Err(e) => format!("reconnecting the websocket failed: {e}"),
