@@ -176,10 +176,44 @@ mod tests {
         assert_eq!((t.c_cc[libc::VMIN], t.c_cc[libc::VTIME]), (1, 0));
     }
 
+    fn modes(fd: RawFd) -> (libc::tcflag_t, libc::tcflag_t, libc::tcflag_t) {
+        // SAFETY: plain data filled by tcgetattr.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::tcgetattr(fd, &mut t) }, 0);
+        (t.c_iflag, t.c_oflag, t.c_lflag)
+    }
+
+    /// Raw mode on a real pty, left by a panic: the hook restores the settings. (The only test
+    /// here that touches the process-wide slot, so no other test can restore in between.)
     #[test]
-    fn restore_without_raw_mode_is_harmless() {
-        restore();
+    fn a_panic_restores_the_terminal() {
+        let (mut master, mut slave) = (-1, -1);
+        // SAFETY: openpty writes two descriptors; the other pointers may be null.
+        let r = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(r, 0, "openpty: {}", io::Error::last_os_error());
+        let before = modes(slave);
+        let guard = RawMode::enter(slave).expect("raw mode on a pty");
+        assert_ne!(modes(slave), before);
+        std::mem::forget(guard); // only the hook can restore now
+        let result = std::panic::catch_unwind(|| panic!("test panic"));
+        assert!(result.is_err());
+        assert_eq!(modes(slave), before);
+        // Restoring again, or re-applying without raw mode, changes nothing.
         restore();
         reapply();
+        assert_eq!(modes(slave), before);
+        // SAFETY: our own descriptors.
+        unsafe {
+            libc::close(slave);
+            libc::close(master);
+        }
     }
 }
