@@ -58,6 +58,8 @@ where
     let found: Arc<std::sync::Mutex<Option<Arc<Session>>>> = Default::default();
     let found2 = found.clone();
     let shared2 = shared.clone();
+    // The callback's signature is tungstenite's; its large Err type is not ours to shrink.
+    #[allow(clippy::result_large_err)]
     let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         let id = req
             .uri()
@@ -83,7 +85,9 @@ where
             return;
         }
     };
-    let Some(sess) = lock(&found).take() else { return };
+    let Some(sess) = lock(&found).take() else {
+        return;
+    };
     if shared.cfg().faults.stall {
         tracing::info!(session = %sess.id, "stalling the connection (fault injection)");
         let _keep = ws;
@@ -108,7 +112,10 @@ where
     let open: Option<OpenDataChannelInput> = first.and_then(|t| serde_json::from_str(&t).ok());
     let Some(open) = open else {
         let _ = sink
-            .send(close(POLICY, "The first message must be OpenDataChannelInput"))
+            .send(close(
+                POLICY,
+                "The first message must be OpenDataChannelInput",
+            ))
             .await;
         return;
     };
@@ -270,7 +277,12 @@ impl RateWindow {
     }
 
     /// Counts one client data frame; true when the frame is to be discarded (throttled).
-    fn count(&mut self, shared: &Shared, sess: &Arc<Session>, tx: &mpsc::UnboundedSender<WsCmd>) -> bool {
+    fn count(
+        &mut self,
+        shared: &Shared,
+        sess: &Arc<Session>,
+        tx: &mpsc::UnboundedSender<WsCmd>,
+    ) -> bool {
         if self.tripped {
             return true;
         }
