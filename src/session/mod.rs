@@ -346,6 +346,15 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
     let mut cfg = settings.channel.clone();
     cfg.created_epoch_ms = unix_ms();
     let mut ch = Channel::new(cfg, start.into_std());
+    if let Some(size) = shell::initial_size() {
+        // First of all, so the remote pty has our size before its first prompt (see there).
+        let _ = ch.send(
+            start.into_std(),
+            PayloadType::SIZE,
+            Bytes::from(wire::to_vec(&size)),
+            Priority::Control,
+        );
+    }
     let mut phase = Phase::AwaitingType;
     let mut agent_version = String::new();
     let (to_agent_tx, mut to_agent_rx) = mpsc::channel::<ToAgent>(32);
