@@ -62,7 +62,7 @@ impl Env {
             frame_rate: num(ENV_FRAME_RATE).map_or(DEFAULT_FRAME_RATE, |v| v.min(1_000_000) as u32),
             payload_size: num(ENV_PAYLOAD_SIZE)
                 .map_or(DEFAULT_PAYLOAD_SIZE, |v| (v as usize).clamp(64, 64 * 1024)),
-            give_up: Duration::from_secs(num(ENV_GIVE_UP).unwrap_or(120).max(5)),
+            give_up: Duration::from_secs(num(ENV_GIVE_UP).unwrap_or(300).max(5)),
             reconnect_timeout: num(ENV_RECONNECT_TIMEOUT)
                 .map_or(crate::session::DEFAULT_RECONNECT_TIMEOUT, |v| {
                     Duration::from_secs(v.clamp(1, 24 * 3600))

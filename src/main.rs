@@ -95,6 +95,9 @@ fn run_session(args: cli::SessionArgs) -> ExitCode {
         args,
     };
     let result = runtime.block_on(session::run(settings));
+    // Whatever happened (an error return leaves the shell handler unfinished), the terminal
+    // goes back to how the user had it before anything below is printed.
+    session::shell::restore_terminal();
     // Background tasks (stdin readers) must not keep the process alive.
     runtime.shutdown_background();
     match result {

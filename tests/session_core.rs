@@ -114,3 +114,41 @@ async fn an_unreachable_service_fails_fast_with_exit_69() {
     assert_eq!(out.status.code(), Some(69), "{}", out.stderr);
     assert!(out.stderr.contains("cannot connect"), "{}", out.stderr);
 }
+
+#[tokio::test]
+async fn wss_with_ssl_cert_file_and_a_clear_error_without_it() {
+    let sim = sim(agent_sim::SimConfig {
+        tls: true,
+        ..fast_config()
+    })
+    .await;
+    let cert = sim.cert_file.clone().expect("the simulator wrote its CA");
+    let home = tempfile::tempdir().unwrap();
+
+    // Trusting the simulator's CA through SSL_CERT_FILE, as users behind TLS-inspecting proxies do.
+    let started = start(&sim, None, &[]);
+    assert!(
+        started.stream_url.starts_with("wss://"),
+        "{}",
+        started.stream_url
+    );
+    let mut cmd = plugin_command(&started, home.path());
+    cmd.env("SSL_CERT_FILE", &cert);
+    let out = run_piped(cmd, b"echo tls-ok\nexit\n", Duration::from_secs(30)).await;
+    assert!(
+        out.status.success(),
+        "stdout:{}\nstderr:{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(out.stdout.contains("tls-ok"), "{}", out.stdout);
+
+    // Without it the certificate is unknown: a TLS error that names the fix, exit 69.
+    let started = start(&sim, None, &[]);
+    let mut cmd = plugin_command(&started, home.path());
+    cmd.env("SSL_CERT_FILE", home.path().join("no-such-file.pem"));
+    let out = run_piped(cmd, b"", Duration::from_secs(30)).await;
+    assert_eq!(out.status.code(), Some(69), "{}", out.stderr);
+    assert!(out.stderr.contains("TLS handshake"), "{}", out.stderr);
+    assert!(out.stderr.contains("SSL_CERT_FILE"), "{}", out.stderr);
+}

@@ -118,3 +118,19 @@ fn json_payloads_reencode_to_captured_bytes() {
         }
     }
 }
+
+#[test]
+fn open_data_channel_input_matches_the_captured_text_frame() {
+    let text = std::fs::read_to_string(vectors_dir().join("port_mux.jsonl")).unwrap();
+    let captured = text
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["ws_kind"] == "text" && v["direction"] == "client->agent")
+        .expect("the plugin's first text frame");
+    let captured = captured["text"].as_str().unwrap();
+    let parsed: wire::OpenDataChannelInput = serde_json::from_str(captured).unwrap();
+    // Same keys, same order, same spelling: re-serialising gives the captured bytes.
+    assert_eq!(parsed.to_json(), captured);
+    assert_eq!(parsed.client_version, "1.2.0.0");
+}

@@ -40,7 +40,12 @@ use send::{Outgoing, Queued};
 
 /// Largest useful send window: the agent's reorder buffer holds 10000 messages, and a window
 /// beyond it would let us send messages the agent must drop.
-pub const MAX_OUTGOING_WINDOW: usize = 10_000;
+pub const MAX_OUTGOING_WINDOW: usize = 10_000 - CONTROL_RESERVE;
+
+/// Messages beyond the window that only [`Priority::Control`] may use, so a window full of bulk
+/// data never holds back a resize, a flag or a TerminateSession (the window plus this reserve
+/// still fits the agent's 10000-message reorder buffer).
+pub const CONTROL_RESERVE: usize = 32;
 
 /// Channel settings.
 #[derive(Debug, Clone)]
@@ -388,7 +393,12 @@ impl Channel {
         if self.state != State::Open {
             return Err(SendError::Closed);
         }
-        if self.send_capacity() == 0 {
+        let used = self.out.queued_len() + self.out.unacked_len();
+        let limit = match priority {
+            Priority::Data => self.config.outgoing_window,
+            Priority::Control => self.config.outgoing_window + CONTROL_RESERVE,
+        };
+        if used >= limit {
             return Err(SendError::Full);
         }
         let payload = match &self.keys {

@@ -332,11 +332,37 @@ fn window_bounds_queued_plus_unacked() {
     send(&mut ch, t0, b"3");
     assert_eq!(ch.send_capacity(), 0);
     assert_eq!(
-        ch.send(t0, PayloadType::OUTPUT, Bytes::new(), Priority::Control),
+        ch.send(
+            t0,
+            PayloadType::OUTPUT,
+            Bytes::from_static(b"x"),
+            Priority::Data
+        ),
         Err(SendError::Full)
     );
+    // Control messages may still use the small reserve above the window (a flag or a resize
+    // must never wait behind bulk data), and no more.
+    for _ in 0..CONTROL_RESERVE {
+        ch.send(
+            t0,
+            PayloadType::SIZE,
+            Bytes::from_static(b"{}"),
+            Priority::Control,
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        ch.send(
+            t0,
+            PayloadType::SIZE,
+            Bytes::from_static(b"{}"),
+            Priority::Control
+        ),
+        Err(SendError::Full)
+    );
+    assert_eq!(ch.send_capacity(), 0);
     ch.handle_frame(t0 + ms(5), &ack_of(1)).unwrap();
-    assert_eq!(ch.send_capacity(), 1);
+    assert_eq!(ch.send_capacity(), 0, "the reserve is used up first");
     // Oversized windows are clamped to what the agent can reorder.
     let big = Channel::new(
         Config {

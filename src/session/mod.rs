@@ -389,6 +389,15 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
     let mut cfg = settings.channel.clone();
     cfg.created_epoch_ms = unix_ms();
     let mut ch = Channel::new(cfg, start.into_std());
+    if let Some(size) = shell::initial_size() {
+        // First of all, so the remote pty has our size before its first prompt (see there).
+        let _ = ch.send(
+            start.into_std(),
+            PayloadType::SIZE,
+            Bytes::from(wire::to_vec(&size)),
+            Priority::Control,
+        );
+    }
     let mut phase = Phase::AwaitingType;
     let mut agent_version = String::new();
     let (to_agent_tx, mut to_agent_rx) = mpsc::channel::<ToAgent>(32);
@@ -409,9 +418,25 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
     let mut kms_failure: Option<(String, Instant)> = None;
     // A TerminateSession API call on its way (old agents that lack the flag).
     let mut terminating: Option<JoinHandle<()>> = None;
+    // Data the handler gave us while the send window was full, in order. Bounded: once it is
+    // full we stop reading the handler's queue, which back-pressures the handler. Reading on
+    // while the window is full lets a Finish or a Flag behind bulk data through at once.
+    let mut held: std::collections::VecDeque<(PayloadType, Bytes)> = Default::default();
+    const MAX_HELD: usize = 64;
 
     loop {
         let now = Instant::now();
+        while ch.send_capacity() > 0 {
+            let Some((payload_type, payload)) = held.pop_front() else {
+                break;
+            };
+            if ch
+                .send(now.into_std(), payload_type, payload, Priority::Data)
+                .is_err()
+            {
+                break;
+            }
+        }
         // 1. Everything the channel wants to send.
         while let Some(frame) = ch.poll_transmit(now.into_std()) {
             if link.tx.send(Message::Binary(frame.into())).await.is_err() {
@@ -487,8 +512,9 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
         }
         // 3. A local end completes once the agent has everything (bounded).
         if let Some((how, since)) = finishing {
-            if ch.is_idle() || now >= since + DRAIN_TIMEOUT {
-                if !ch.is_idle() {
+            let idle = ch.is_idle() && held.is_empty();
+            if idle || now >= since + DRAIN_TIMEOUT {
+                if !idle {
                     ui.warn("Warning: the agent did not acknowledge the last data in time; exiting anyway.");
                 }
                 let code = match std::mem::replace(&mut phase, Phase::HandlerDone) {
@@ -522,7 +548,7 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
             let d = *since + DRAIN_TIMEOUT;
             deadline = Some(deadline.map_or(d, |x| x.min(d)));
         }
-        let can_send = ch.send_capacity() > 0 && finishing.is_none();
+        let can_read = held.len() < MAX_HELD && finishing.is_none();
         let handler_running = matches!(phase, Phase::Running { .. });
         // Room in the handler's queue for a stashed message wakes us (after channel_closed no
         // resend from the agent would).
@@ -595,12 +621,19 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
                     permit.send(msg);
                 }
             }
-            msg = to_agent_rx.recv(), if can_send => {
+            msg = to_agent_rx.recv(), if can_read => {
                 let Some(msg) = msg else { continue };
                 let now = Instant::now().into_std();
                 match msg {
-                    ToAgent::Data { payload_type, payload, priority } => {
-                        let _ = ch.send(now, payload_type, payload, priority);
+                    ToAgent::Data { payload_type, payload, priority: Priority::Control } => {
+                        if ch.send(now, payload_type, payload.clone(), Priority::Control).is_err() {
+                            held.push_back((payload_type, payload));
+                        }
+                    }
+                    ToAgent::Data { payload_type, payload, priority: Priority::Data } => {
+                        if !held.is_empty() || ch.send(now, payload_type, payload.clone(), Priority::Data).is_err() {
+                            held.push_back((payload_type, payload));
+                        }
                     }
                     ToAgent::Flag(f) => {
                         let _ = ch.send(now, PayloadType::FLAG, Bytes::copy_from_slice(&f.to_payload()), Priority::Control);

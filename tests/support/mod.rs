@@ -102,3 +102,83 @@ pub async fn run_piped(
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// The simulator plus the fake AWS API in front of it, sharing one KMS store.
+pub struct World {
+    pub sim: SimHandle,
+    pub api: agent_sim::api::ApiHandle,
+    pub home: tempfile::TempDir,
+}
+
+/// Test credentials the fake API accepts (and checks SigV4 signatures with).
+pub const TEST_KEY_ID: &str = "AKIDTESTEXAMPLE";
+pub const TEST_SECRET: &str = "test-secret-key";
+
+/// Starts the simulator and the fake API, with a throwaway HOME holding test credentials.
+pub async fn world(config: SimConfig) -> World {
+    let kms = std::sync::Arc::new(agent_sim::api::KmsStore::new());
+    let sim = Simulator::start_with_resolver(config, Some(kms.clone()))
+        .await
+        .expect("simulator starts");
+    let opts = agent_sim::api::ApiOptions {
+        kms: Some(kms),
+        ..agent_sim::api::ApiOptions::with_credentials(TEST_KEY_ID, TEST_SECRET)
+    };
+    let api = agent_sim::api::serve(std::sync::Arc::new(sim.backend()), opts)
+        .await
+        .expect("fake API starts");
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join(".aws")).unwrap();
+    std::fs::write(
+        home.path().join(".aws/credentials"),
+        format!(
+            "[default]\naws_access_key_id = {TEST_KEY_ID}\naws_secret_access_key = {TEST_SECRET}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        home.path().join(".aws/config"),
+        "[default]\nregion = us-east-1\n",
+    )
+    .unwrap();
+    World { sim, api, home }
+}
+
+/// Path of the real AWS CLI (installed into scripts/.venv by scripts/ensure-awscli.sh).
+pub fn aws_cli() -> PathBuf {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/ensure-awscli.sh");
+    let out = std::process::Command::new(&script)
+        .output()
+        .expect("scripts/ensure-awscli.sh runs");
+    assert!(
+        out.status.success(),
+        "installing the AWS CLI failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+impl World {
+    /// An `aws` command with an isolated environment in which our plugin is first on PATH.
+    pub fn aws(&self, args: &[&str]) -> tokio::process::Command {
+        let plugin_dir = plugin_bin().parent().unwrap().to_path_buf();
+        let path = format!(
+            "{}:{}",
+            plugin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut c = tokio::process::Command::new(aws_cli());
+        c.args(args)
+            .args(["--endpoint-url", &self.api.url(), "--region", "us-east-1"])
+            .env_clear()
+            .env("PATH", path)
+            .env("HOME", self.home.path())
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_ENDPOINT_URL_KMS", self.api.url())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        c
+    }
+}

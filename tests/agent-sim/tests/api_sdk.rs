@@ -528,3 +528,16 @@ fn websocket_upgrade_signatures_from_aws_sigv4_verify() {
     .unwrap_err();
     assert!(err.contains("MissingAuthenticationToken"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_the_port() {
+    let api = start(Arc::new(FakeBackend::default())).await;
+    let addr = api.addr();
+    tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("listening while running");
+    tokio::time::timeout(CALL_TIMEOUT, api.shutdown())
+        .await
+        .expect("shutdown finishes");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
