@@ -18,6 +18,10 @@ pub const ENV_PAYLOAD_SIZE: &str = "SESSION_MANAGER_PLUGIN_PAYLOAD_SIZE";
 /// Seconds an unacknowledged message may wait before we give up on the agent.
 pub const ENV_GIVE_UP: &str = "SESSION_MANAGER_PLUGIN_RESEND_TIMEOUT";
 
+/// Seconds we keep trying to resume a lost connection (ResumeSession + a new websocket) before
+/// giving up (default 120).
+pub const ENV_RECONNECT_TIMEOUT: &str = "SESSION_MANAGER_PLUGIN_RECONNECT_TIMEOUT";
+
 /// The agent's StreamDataPayloadSize.
 pub const DEFAULT_PAYLOAD_SIZE: usize = 1024;
 /// Just under the ~1000 frames/s users report the service tolerates.
@@ -38,6 +42,8 @@ pub struct Env {
     pub payload_size: usize,
     /// Give-up time.
     pub give_up: Duration,
+    /// How long to try resuming a lost connection.
+    pub reconnect_timeout: Duration,
 }
 
 impl Env {
@@ -57,6 +63,10 @@ impl Env {
             payload_size: num(ENV_PAYLOAD_SIZE)
                 .map_or(DEFAULT_PAYLOAD_SIZE, |v| (v as usize).clamp(64, 64 * 1024)),
             give_up: Duration::from_secs(num(ENV_GIVE_UP).unwrap_or(300).max(5)),
+            reconnect_timeout: num(ENV_RECONNECT_TIMEOUT)
+                .map_or(crate::session::DEFAULT_RECONNECT_TIMEOUT, |v| {
+                    Duration::from_secs(v.clamp(1, 24 * 3600))
+                }),
         }
     }
 

@@ -8,9 +8,10 @@
 //! - [`smux`]: the stream multiplexer spoken inside port sessions with newer agents. Pure.
 //! - [`transport`]: the websocket connection (TLS, proxy, timeouts).
 //! - [`session`]: the tokio drivers that glue a channel to a terminal, a listener or stdio.
-//! - `aws`: credentials, SigV4, KMS and ResumeSession through the AWS SDK.
+//! - [`aws`]: credentials, SigV4, KMS and ResumeSession through the AWS SDK.
 //! - [`cli`]: the argv/environment contract the AWS CLI relies on.
 
+pub mod aws;
 pub mod channel;
 pub mod cli;
 pub mod config;

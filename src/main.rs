@@ -90,6 +90,8 @@ fn run_session(args: cli::SessionArgs) -> ExitCode {
             extra_headers: Vec::new(),
         },
         max_payload: settings_env.payload_size,
+        aws: ssm_plugin::aws::Aws::new(&args),
+        reconnect_timeout: settings_env.reconnect_timeout,
         args,
     };
     let result = runtime.block_on(session::run(settings));
@@ -116,10 +118,17 @@ fn run_session(args: cli::SessionArgs) -> ExitCode {
             ));
             ExitCode::from(code.map_or(exit::OK, clamp_status))
         }
+        Err(SessionError::SessionExpired(text)) => {
+            // The reference's own words when ResumeSession says the session is over.
+            eprintln!("\n{text}\n");
+            ExitCode::from(exit::UNAVAILABLE)
+        }
         Err(e) => {
             eprintln!("\nCannot perform start session: {e}\n");
             ExitCode::from(match e {
-                SessionError::Connect(_) | SessionError::ConnectionLost(_) => exit::UNAVAILABLE,
+                SessionError::Connect(_)
+                | SessionError::ConnectionLost(_)
+                | SessionError::SessionExpired(_) => exit::UNAVAILABLE,
                 SessionError::Channel(channel::Error::TimedOut { .. }) => exit::UNAVAILABLE,
                 SessionError::Channel(_) | SessionError::Protocol(_) => exit::PROTOCOL,
                 SessionError::Encryption(_) => exit::NOPERM,

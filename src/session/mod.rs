@@ -11,6 +11,7 @@ pub mod handshake;
 pub mod port;
 pub mod shell;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::aws::{Aws, ResumeError};
 use crate::channel::{self, Channel, Event, Priority};
 use crate::cli::{Secret, SessionArgs, WIRE_VERSION};
 use crate::transport::{self, ConnectOptions, TransportError};
@@ -34,6 +36,16 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub const PING_INTERVAL: Duration = Duration::from_secs(300);
 /// Agents above this version understand the TerminateSession flag.
 pub const TERMINATE_FLAG_MIN_AGENT: &str = "2.3.722.0";
+/// Default for how long we try to resume a lost connection
+/// (`SESSION_MANAGER_PLUGIN_RECONNECT_TIMEOUT`).
+pub const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest pause between two resume attempts.
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(5);
+/// A connection that lived this long (or delivered a frame) ended an outage: a later loss starts
+/// a new reconnection window instead of continuing the old one.
+const STABLE_LINK: Duration = Duration::from_secs(10);
+/// Bound on the TerminateSession API call on the way out.
+const TERMINATE_API_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where user-visible status lines go.
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +94,10 @@ pub struct Settings {
     pub connect: ConnectOptions,
     /// Largest plaintext payload we send (the agent's StreamDataPayloadSize, 1024).
     pub max_payload: usize,
+    /// Credentials, signing, KMS and the SSM calls.
+    pub aws: Arc<Aws>,
+    /// How long a lost connection may take to resume before we give up.
+    pub reconnect_timeout: Duration,
 }
 
 /// A message from the agent for the session handler.
@@ -158,9 +174,12 @@ pub enum SessionError {
     /// The websocket could not be opened.
     #[error("{0}")]
     Connect(#[from] TransportError),
-    /// The websocket was lost and could not be resumed.
-    #[error("the connection to the Session Manager service was lost ({0}) and the session could not be resumed")]
+    /// The websocket was lost and could not be resumed (the text says why and what to do).
+    #[error("{0}")]
     ConnectionLost(String),
+    /// ResumeSession said the session is over (`Session: <id> timed out.`).
+    #[error("{0}")]
+    SessionExpired(String),
     /// The reliability layer gave up or could not decrypt.
     #[error("{0}")]
     Channel(#[from] channel::Error),
@@ -194,7 +213,11 @@ pub enum Ended {
 
 enum LinkIn {
     Frame(Vec<u8>),
-    Lost(String),
+    Lost {
+        reason: String,
+        /// The service closed with 1008 (policy): it refused our token or the session.
+        refused: bool,
+    },
 }
 
 /// One websocket connection: a reader task and a writer task around the split stream, so the
@@ -244,13 +267,17 @@ impl Link {
                 };
                 if let Err(e) = sink.send(msg).await {
                     let _ = lost_tx
-                        .send(LinkIn::Lost(format!("write failed: {e}")))
+                        .send(LinkIn::Lost {
+                            reason: format!("write failed: {e}"),
+                            refused: false,
+                        })
                         .await;
                     break;
                 }
             }
         });
         let reader = tokio::spawn(async move {
+            let mut refused = false;
             let reason = loop {
                 match stream.next().await {
                     Some(Ok(Message::Binary(b))) => {
@@ -270,6 +297,7 @@ impl Link {
                     Some(Ok(Message::Close(f))) => {
                         break match f {
                             Some(f) => {
+                                refused = u16::from(f.code) == 1008;
                                 format!("closed by the service: {} {}", u16::from(f.code), f.reason)
                             }
                             None => "closed by the service".to_owned(),
@@ -280,7 +308,7 @@ impl Link {
                     None => break "connection closed".to_owned(),
                 }
             };
-            let _ = rtx.send(LinkIn::Lost(reason)).await;
+            let _ = rtx.send(LinkIn::Lost { reason, refused }).await;
         });
         Ok(Self {
             tx,
@@ -290,6 +318,21 @@ impl Link {
     }
 }
 
+/// Opens a connection to `url` with `token`, the upgrade signed with SigV4 unless the URL is
+/// presigned or there are no credentials. `fresh` are credentials (and region) just resolved for
+/// a resume; otherwise the session's are used.
+async fn open_link(
+    s: &Settings,
+    url: &str,
+    token: &Secret,
+    fresh: Option<(&aws_credential_types::Credentials, &str)>,
+) -> Result<Link, TransportError> {
+    let mut opts = s.connect.clone();
+    opts.extra_headers
+        .extend(s.aws.upgrade_headers(url, fresh).await);
+    Link::open(url, token, &s.client_id, &opts).await
+}
+
 /// Opens the first connection, retrying transient failures a few times within a bounded time
 /// (the reference retries 5 times, then hangs forever).
 async fn open_with_retries(s: &Settings) -> Result<Link, TransportError> {
@@ -297,11 +340,11 @@ async fn open_with_retries(s: &Settings) -> Result<Link, TransportError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match Link::open(
+        match open_link(
+            s,
             &s.args.response.stream_url,
             &s.args.response.token_value,
-            &s.client_id,
-            &s.connect,
+            None,
         )
         .await
         {
@@ -367,6 +410,19 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
     // while the window is full lets a Finish or a Flag behind bulk data through at once.
     let mut held: std::collections::VecDeque<(PayloadType, Bytes)> = Default::default();
     const MAX_HELD: usize = 64;
+    // Reconnection state: when the current link opened, whether it delivered anything, whether
+    // any link ever did, when the current outage began, and whether the service sent
+    // channel_closed (then the session is over and is never resumed).
+    let mut link_opened = start;
+    let mut link_confirmed = false;
+    let mut ever_confirmed = false;
+    let mut outage_since: Option<Instant> = None;
+    let mut closed_by_service = false;
+    let mut link_dead = false;
+    // The KMS action failed: the agent is told, then we exit with the encryption error.
+    let mut kms_failure: Option<(String, Instant)> = None;
+    // A TerminateSession API call on its way (old agents that lack the flag).
+    let mut terminating: Option<JoinHandle<()>> = None;
 
     loop {
         let now = Instant::now();
@@ -419,6 +475,7 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
                         &mut phase,
                         &mut agent_version,
                         &to_agent_tx,
+                        &mut kms_failure,
                         payload_type,
                         payload,
                     )
@@ -430,12 +487,25 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
                 }
                 Event::ChannelClosed { output } => {
                     end_handler(&mut phase).await;
+                    if let Some((msg, _)) = kms_failure {
+                        return Err(SessionError::Encryption(encryption_exit_text(&msg)));
+                    }
+                    finish_terminate(terminating).await;
                     return Ok(Ended::Closed { output, exit_code });
                 }
                 Event::Paused => tracing::info!("the service paused our sending"),
                 Event::Resumed => tracing::info!("the service resumed our sending"),
                 Event::Failed(e) => {
                     end_handler(&mut phase).await;
+                    if matches!(e, channel::Error::TimedOut { .. }) {
+                        // As the reference does when the agent stops acknowledging: end the
+                        // session on the service side too, so it does not linger.
+                        if let Err(err) =
+                            settings.aws.terminate_session(TERMINATE_API_TIMEOUT).await
+                        {
+                            tracing::warn!("{err}");
+                        }
+                    }
                     return Err(e.into());
                 }
             }
@@ -455,7 +525,15 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
                     _ => None,
                 };
                 let _ = how;
+                finish_terminate(terminating).await;
                 return Ok(Ended::Local { code });
+            }
+        }
+        // 3b. A refused KMS action ends the session once the agent has our answer (bounded).
+        if let Some((msg, since)) = &kms_failure {
+            if ch.is_idle() || now >= *since + DRAIN_TIMEOUT {
+                end_handler(&mut phase).await;
+                return Err(SessionError::Encryption(encryption_exit_text(msg)));
             }
         }
         let mut deadline = ch.poll_timeout().map(Instant::from_std);
@@ -466,23 +544,65 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
             let d = since + DRAIN_TIMEOUT;
             deadline = Some(deadline.map_or(d, |x| x.min(d)));
         }
+        if let Some((_, since)) = &kms_failure {
+            let d = *since + DRAIN_TIMEOUT;
+            deadline = Some(deadline.map_or(d, |x| x.min(d)));
+        }
         let can_read = held.len() < MAX_HELD && finishing.is_none();
         let handler_running = matches!(phase, Phase::Running { .. });
+        // Room in the handler's queue for a stashed message wakes us (after channel_closed no
+        // resend from the agent would).
+        let stash_tx = match (&phase, &stash) {
+            (Phase::Running { tx, .. }, Some(_)) => Some(tx.clone()),
+            _ => None,
+        };
         tokio::select! {
-            input = link.rx.recv() => match input {
-                Some(LinkIn::Frame(bytes)) => {
-                    if let Err(e) = ch.handle_frame(Instant::now().into_std(), &bytes) {
-                        tracing::warn!("dropping an undecodable message from the service: {e}");
+            input = link.rx.recv(), if !link_dead => {
+                let lost = match input {
+                    Some(LinkIn::Frame(bytes)) => {
+                        link_confirmed = true;
+                        ever_confirmed = true;
+                        outage_since = None;
+                        if is_channel_closed(&bytes) {
+                            closed_by_service = true;
+                        }
+                        if let Err(e) = ch.handle_frame(Instant::now().into_std(), &bytes) {
+                            tracing::warn!("dropping an undecodable message from the service: {e}");
+                        }
+                        None
                     }
-                }
-                Some(LinkIn::Lost(reason)) => {
-                    ch.transport_lost(Instant::now().into_std());
-                    link = reconnect(&settings, &reason).await?;
-                    ch.transport_restored(Instant::now().into_std());
-                }
-                None => {
-                    ch.transport_lost(Instant::now().into_std());
-                    link = reconnect(&settings, "the connection tasks ended").await?;
+                    Some(LinkIn::Lost { reason, refused }) => Some((reason, refused)),
+                    None => Some(("the connection tasks ended".to_owned(), false)),
+                };
+                if let Some((reason, refused)) = lost {
+                    if closed_by_service {
+                        // The session is over; what is left is delivering its last events.
+                        link_dead = true;
+                        continue;
+                    }
+                    if refused && !ever_confirmed {
+                        // The service turned the very first connection away: the token is bad
+                        // or stale, or the session already ended. Resuming cannot help.
+                        end_handler(&mut phase).await;
+                        return Err(SessionError::Connect(TransportError::Upgrade(format!(
+                            "{reason}; the session token may be expired or already used: start a new session"
+                        ))));
+                    }
+                    let now = Instant::now();
+                    if outage_since.is_none() || link_confirmed || now >= link_opened + STABLE_LINK {
+                        outage_since = Some(now);
+                    }
+                    let since = outage_since.unwrap_or(now);
+                    ch.transport_lost(now.into_std());
+                    link = match reconnect(&settings, &reason, since).await {
+                        Ok(l) => l,
+                        Err(e) => {
+                            end_handler(&mut phase).await;
+                            return Err(e);
+                        }
+                    };
+                    link_opened = Instant::now();
+                    link_confirmed = false;
                     ch.transport_restored(Instant::now().into_std());
                 }
             },
@@ -495,6 +615,11 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
                     )));
                 }
                 ch.handle_timeout(now.into_std());
+            }
+            permit = reserve(stash_tx), if stash.is_some() => {
+                if let (Some(permit), Some(msg)) = (permit, stash.take()) {
+                    permit.send(msg);
+                }
             }
             msg = to_agent_rx.recv(), if can_read => {
                 let Some(msg) = msg else { continue };
@@ -514,10 +639,21 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
                         let _ = ch.send(now, PayloadType::FLAG, Bytes::copy_from_slice(&f.to_payload()), Priority::Control);
                     }
                     ToAgent::Finish(how) => {
-                        if how == Finish::Terminate
-                            && handshake::version_greater(&agent_version, TERMINATE_FLAG_MIN_AGENT)
-                        {
-                            let _ = ch.send(now, PayloadType::FLAG, Bytes::copy_from_slice(&FlagValue::TerminateSession.to_payload()), Priority::Control);
+                        if how == Finish::Terminate {
+                            if handshake::version_greater(&agent_version, TERMINATE_FLAG_MIN_AGENT) {
+                                let _ = ch.send(now, PayloadType::FLAG, Bytes::copy_from_slice(&FlagValue::TerminateSession.to_payload()), Priority::Control);
+                            } else if terminating.is_none() {
+                                // Agents without the flag (and sessions whose agent sent no
+                                // handshake) are ended with the TerminateSession API, as the
+                                // reference does for old agents.
+                                let aws = settings.aws.clone();
+                                terminating = Some(tokio::spawn(async move {
+                                    match aws.terminate_session(TERMINATE_API_TIMEOUT).await {
+                                        Ok(()) => tracing::debug!("TerminateSession done"),
+                                        Err(e) => tracing::warn!("{e}"),
+                                    }
+                                }));
+                            }
                         }
                         finishing = Some((how, Instant::now()));
                     }
@@ -535,21 +671,139 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
     }
 }
 
-/// Called when the websocket is lost without channel_closed. Resuming (ResumeSession and a new
-/// connection with the same sequence state) belongs to the AWS integration; until then the
-/// session ends with a clear error.
-async fn reconnect(_settings: &Settings, reason: &str) -> Result<Link, SessionError> {
-    Err(SessionError::ConnectionLost(reason.to_owned()))
+/// A reconnection notice on stderr. A shell may have the terminal in raw mode, where a bare
+/// `\n` does not return the cursor, so lines end with `\r\n` on a terminal.
+fn notice(text: &str) {
+    use std::io::{IsTerminal, Write};
+    let mut e = std::io::stderr().lock();
+    let text = if e.is_terminal() {
+        format!("{}\r\n", text.replace('\n', "\r\n"))
+    } else {
+        format!("{text}\n")
+    };
+    let _ = e.write_all(text.as_bytes());
+    let _ = e.flush();
+}
+
+/// Waits (bounded) for a TerminateSession API call started on the way out.
+async fn finish_terminate(terminating: Option<JoinHandle<()>>) {
+    if let Some(t) = terminating {
+        let _ = tokio::time::timeout(TERMINATE_API_TIMEOUT, t).await;
+    }
+}
+
+/// Waits for room in a handler's queue.
+async fn reserve(tx: Option<mpsc::Sender<FromAgent>>) -> Option<mpsc::OwnedPermit<FromAgent>> {
+    match tx {
+        Some(tx) => tx.reserve_owned().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// True for a `channel_closed` frame (the message type sits at bytes 4..36, space padded).
+fn is_channel_closed(frame: &[u8]) -> bool {
+    frame
+        .get(4..36)
+        .is_some_and(|t| t.starts_with(b"channel_closed"))
+}
+
+/// The exit message for a failed KMS action: what the agent was told, and what to check.
+fn encryption_exit_text(action_error: &str) -> String {
+    format!(
+        "{action_error}\nThis session requires KMS encryption: check that your credentials allow kms:GenerateDataKey on the session's KMS key (Session Manager preferences) in this region."
+    )
+}
+
+/// Called when the websocket is lost without channel_closed (the service's hourly close 1000
+/// "Bye" included): SSM ResumeSession with freshly resolved credentials, then a new websocket
+/// to the StreamUrl it returns (else the original) with its token. The channel keeps its
+/// sequence state and resends what was not acknowledged; handlers never notice. Retries with
+/// backoff until `outage_since + reconnect_timeout`.
+async fn reconnect(
+    settings: &Settings,
+    reason: &str,
+    outage_since: Instant,
+) -> Result<Link, SessionError> {
+    let session_id = &settings.args.response.session_id;
+    let limit = settings.reconnect_timeout;
+    let deadline = outage_since + limit;
+    notice(&format!(
+        "\nConnection lost ({reason}); resuming session..."
+    ));
+    let mut delay = Duration::from_millis(100 + u64::from(rand::random::<u8>() % 100));
+    let mut last_error = String::new();
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let outcome = match tokio::time::timeout(remaining, settings.aws.resume_session()).await {
+            Err(_) => Err(ResumeError::Retry(
+                "ResumeSession did not answer in time".into(),
+            )),
+            Ok(r) => r,
+        };
+        let error = match outcome {
+            Ok(resumed) => {
+                let url = resumed
+                    .stream_url
+                    .clone()
+                    .unwrap_or_else(|| settings.args.response.stream_url.clone());
+                let region = settings.aws.signing_region().to_owned();
+                match open_link(
+                    settings,
+                    &url,
+                    &resumed.token,
+                    Some((&resumed.credentials, &region)),
+                )
+                .await
+                {
+                    Ok(link) => {
+                        tracing::info!(attempt, "session resumed");
+                        notice("Session resumed.");
+                        return Ok(link);
+                    }
+                    Err(e) => format!("reconnecting the websocket failed: {e}"),
+                }
+            }
+            Err(ResumeError::Expired) => {
+                return Err(SessionError::SessionExpired(format!(
+                    "Session: {session_id} timed out."
+                )))
+            }
+            Err(ResumeError::Fatal(e)) => {
+                return Err(SessionError::ConnectionLost(format!(
+                    "the connection to the Session Manager service was lost ({reason}) and the session cannot be resumed: {e}"
+                )))
+            }
+            Err(ResumeError::Retry(e)) => e,
+        };
+        if error != last_error {
+            tracing::warn!(attempt, "resuming the session: {error}");
+        }
+        last_error = error;
+        if Instant::now() + delay >= deadline {
+            return Err(SessionError::ConnectionLost(format!(
+                "the connection to the Session Manager service was lost ({reason}) and could not be resumed within {} s: {last_error}\nCheck your network and AWS credentials (they must allow ssm:ResumeSession), or allow more time with {}=<seconds>.",
+                limit.as_secs(),
+                crate::config::ENV_RECONNECT_TIMEOUT
+            )));
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(RECONNECT_MAX_DELAY);
+    }
 }
 
 /// Handles one in-order message while no handler runs yet (type detection and handshake), or
 /// passes it on (returned, for the caller to queue with back-pressure).
+// The driver's loop state is passed piecewise so each borrow stays narrow.
+#[allow(clippy::too_many_arguments)]
 async fn handle_message(
     settings: &Settings,
     ch: &mut Channel,
     phase: &mut Phase,
     agent_version: &mut String,
     to_agent: &mpsc::Sender<ToAgent>,
+    kms_failure: &mut Option<(String, Instant)>,
     payload_type: PayloadType,
     payload: Bytes,
 ) -> Result<Option<FromAgent>, SessionError> {
@@ -580,14 +834,19 @@ async fn handle_message(
                         }
                         Err(text) => {
                             slot.error = format!("Failed to process action KMSEncryption: {text}");
+                            *kms_failure = Some((slot.error.clone(), Instant::now()));
                         }
                     }
                 }
             }
+            // A KMS failure is reported when we exit (with its own status); others now.
             let failed: Vec<String> = plan
                 .actions
                 .iter()
-                .filter(|a| a.action_status != wire::ActionStatus::Success as i32)
+                .filter(|a| {
+                    a.action_status != wire::ActionStatus::Success as i32
+                        && a.action_type != "KMSEncryption"
+                })
                 .map(|a| a.error.clone())
                 .collect();
             let resp = handshake::response(WIRE_VERSION, plan.actions);
@@ -723,8 +982,22 @@ async fn encryption_action(
     if settings.args.legacy_cli {
         return Err("Installed version of CLI does not support Session Manager encryption feature. Please upgrade to the latest version of your CLI (e.g., AWS CLI).".into());
     }
-    let _ = req;
-    Err("KMS encryption is not supported by this build".into())
+    let (plaintext, blob) = settings
+        .aws
+        .generate_data_key(&req.kms_key_id, req.challenge.as_deref())
+        .await?;
+    let keys = channel::crypto::SessionKeys::new(&plaintext)
+        .map_err(|e| format!("Error calling KMS GenerateDataKey API: unusable data key ({e})"))?;
+    use base64::Engine;
+    let result = wire::KmsEncryptionResponse {
+        kms_cipher_text_key: base64::engine::general_purpose::STANDARD.encode(&blob),
+        kms_cipher_text_hash: None,
+        // The challenge went into the encryption context; the agent then adds it to its
+        // Decrypt context (agents from 3.3.808.0).
+        challenge_acknowledgement: req.challenge.as_ref().map(|_| true),
+    };
+    let json = serde_json::to_value(&result).map_err(|e| e.to_string())?;
+    Ok((json, keys))
 }
 
 async fn join_handler(join: JoinHandle<HandlerExit>) -> HandlerExit {

@@ -1,6 +1,7 @@
 //! Every knob of the simulator. Defaults are the real agent's values (with the source named)
 //! or, for the relay, the behaviour users report from the service.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The whole configuration; [`crate::SimHandle::set_config`] swaps it live (new values apply to
@@ -45,6 +46,13 @@ pub struct SimConfig {
     /// closes the destination connection entirely (`port_mux.go: handleDataTransfer`), which is
     /// the default here.
     pub mux_half_close: bool,
+    /// Access key id → secret the relay checks SigV4 websocket upgrades against (service
+    /// `ssmmessages`, the header or the presigned form, as AWS's plugin signs from 1.2.764.0).
+    /// Empty: signatures are only parsed and recorded. A signature that does not verify is
+    /// refused with HTTP 403.
+    pub ws_credentials: BTreeMap<String, String>,
+    /// Refuse unsigned upgrades with HTTP 403 (only with `ws_credentials`).
+    pub require_signed_upgrade: bool,
     /// Service limits.
     pub limits: Limits,
     /// Fault injection.
@@ -67,6 +75,8 @@ impl Default for SimConfig {
             separate_output_stream: true,
             queue_while_disconnected: true,
             mux_half_close: false,
+            ws_credentials: BTreeMap::new(),
+            require_signed_upgrade: false,
             limits: Limits::default(),
             faults: Faults::default(),
         }

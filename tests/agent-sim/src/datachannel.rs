@@ -527,6 +527,7 @@ impl DataChannel {
         timeout: Duration,
     ) -> Option<Result<(), String>> {
         tokio::select! {
+            biased;
             r = tokio::time::timeout(timeout, rx) => match r {
                 Ok(Ok(v)) => Some(v),
                 _ => None,
@@ -553,15 +554,22 @@ impl DataChannel {
             };
             if let Err(e) = r {
                 tracing::warn!(session = %self.sess.id, "handshake action failed: {e}");
-                self.cancel();
                 error = Some(e);
             }
         }
         self.sess.stats().client_version = resp.client_version.clone();
-        let mut st = lock(&self.st);
-        st.client_version = resp.client_version;
-        if let Some(tx) = st.response_tx.take() {
-            let _ = tx.send(error.map_or(Ok(()), Err));
+        let failed = error.is_some();
+        {
+            let mut st = lock(&self.st);
+            st.client_version = resp.client_version;
+            if let Some(tx) = st.response_tx.take() {
+                let _ = tx.send(error.map_or(Ok(()), Err));
+            }
+        }
+        // Cancel only after the handshake has its answer, so the failure (not the
+        // cancellation) is what ends the session.
+        if failed {
+            self.cancel();
         }
         Ok(())
     }

@@ -28,5 +28,5 @@ pub mod version;
 
 pub use backend::{BackendError, DataKeyResolver, SessionBackend, SessionSpec, Started};
 pub use config::{DirFaults, Faults, Limits, SimConfig};
-pub use session::Stats;
+pub use session::{Stats, UpgradeAuth};
 pub use sim::{parameters, SimBackend, SimHandle, Simulator};

@@ -95,6 +95,12 @@ struct Args {
     /// Secret access key for `--api-access-key-id`.
     #[arg(long)]
     api_secret_access_key: Option<String>,
+    /// Check SigV4 on websocket upgrades against the `--api-access-key-id` pair (403 when wrong).
+    #[arg(long)]
+    verify_ws_signatures: bool,
+    /// Refuse unsigned websocket upgrades (with `--verify-ws-signatures`).
+    #[arg(long)]
+    require_signed_upgrade: bool,
 }
 
 fn parse_faults(s: &str) -> anyhow::Result<DirFaults> {
@@ -142,6 +148,13 @@ async fn main() -> anyhow::Result<()> {
         separate_output_stream: a.separate_output_stream,
         queue_while_disconnected: !a.no_queue,
         mux_half_close: a.mux_half_close,
+        ws_credentials: match (&a.api_access_key_id, &a.api_secret_access_key) {
+            (Some(id), Some(secret)) if a.verify_ws_signatures => {
+                std::collections::BTreeMap::from([(id.clone(), secret.clone())])
+            }
+            _ => Default::default(),
+        },
+        require_signed_upgrade: a.require_signed_upgrade,
         limits: Limits {
             port_pacing: !a.no_port_pacing,
             frame_rate_limit: (a.frame_rate_limit > 0).then_some(a.frame_rate_limit),

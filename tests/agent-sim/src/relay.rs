@@ -68,6 +68,18 @@ where
             .map(str::to_owned);
         match id.and_then(|id| shared2.session(&id)) {
             Some(s) => {
+                match check_upgrade_signature(&shared2.cfg(), req) {
+                    Ok(a) => s.stats().upgrades.push(a),
+                    Err(()) => {
+                        s.stats().rejected_signatures += 1;
+                        let mut r = ErrorResponse::new(Some(
+                        "InvalidSignatureException: the websocket upgrade signature was refused"
+                            .into(),
+                    ));
+                        *r.status_mut() = http_status(403);
+                        return Err(r);
+                    }
+                }
                 *lock(&found2) = Some(s);
                 Ok(resp)
             }
@@ -226,6 +238,56 @@ where
     drop(source);
     writer.abort();
     on_disconnect(&sess, conn_id);
+}
+
+/// Checks (with `ws_credentials`) or records (without) the SigV4 signature of an upgrade.
+/// `Err` means: refuse with 403. The reason is logged, never the secret.
+fn check_upgrade_signature(
+    cfg: &crate::config::SimConfig,
+    req: &Request,
+) -> Result<crate::session::UpgradeAuth, ()> {
+    use crate::api::sigv4;
+    let uri = req.uri().to_string();
+    let headers = req.headers();
+    let authorization_header = headers.contains_key("authorization");
+    let unverified = sigv4::parse_unverified(&sigv4::Request {
+        method: req.method().as_str(),
+        uri: &uri,
+        headers,
+        body: None,
+    });
+    if cfg.ws_credentials.is_empty() {
+        return Ok(crate::session::UpgradeAuth {
+            authorization_header,
+            signed_by: unverified,
+        });
+    }
+    if unverified.is_none() && !authorization_header {
+        if cfg.require_signed_upgrade {
+            tracing::info!("refusing an unsigned websocket upgrade");
+            return Err(());
+        }
+        return Ok(crate::session::UpgradeAuth {
+            authorization_header,
+            signed_by: None,
+        });
+    }
+    match sigv4::verify_presigned_or_signed_ws_upgrade(
+        req.method().as_str(),
+        &uri,
+        headers,
+        &cfg.ws_credentials,
+        "ssmmessages",
+    ) {
+        Ok(by) => Ok(crate::session::UpgradeAuth {
+            authorization_header,
+            signed_by: Some(by),
+        }),
+        Err(e) => {
+            tracing::info!("refusing a websocket upgrade: {e}");
+            Err(())
+        }
+    }
 }
 
 /// The client left without channel_closed: keep the session for the resume window.

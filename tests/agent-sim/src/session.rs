@@ -72,6 +72,21 @@ pub struct Stats {
     pub client_version: String,
     /// How the session ended: the channel_closed Output (`""` is a normal end).
     pub end_output: Option<String>,
+    /// One entry per websocket upgrade accepted for this session, in order: how it was signed.
+    pub upgrades: Vec<UpgradeAuth>,
+    /// Upgrades refused with 403 because their SigV4 signature did not verify (or was missing
+    /// while `require_signed_upgrade` is set).
+    pub rejected_signatures: u64,
+}
+
+/// How one websocket upgrade request was authenticated (see `SimConfig::ws_credentials`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpgradeAuth {
+    /// The request carried an `Authorization` header.
+    pub authorization_header: bool,
+    /// Who signed it, when it carried a SigV4 signature (header or presigned query);
+    /// `verified` is true when the relay checked it against `ws_credentials`.
+    pub signed_by: Option<crate::api::SignedBy>,
 }
 
 /// Fault counters for one direction.

@@ -1,0 +1,527 @@
+//! The AWS side of a session, through the AWS SDK: credentials, SigV4 on the websocket upgrade,
+//! the KMS data key for encrypted sessions, and the SSM ResumeSession / TerminateSession calls.
+//!
+//! Credentials, region and profile come from argv (REGION, PROFILE) through `aws-config`, so every
+//! source users have works (environment, shared config/credentials files, SSO, assume-role,
+//! `credential_process`, web identity, container and instance metadata). Nothing here blocks a
+//! session that does not need AWS: credentials are resolved in the background on first demand,
+//! each wait is bounded, and a session without KMS only waits [`SIGNING_WAIT`] for them.
+
+pub mod sign;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use aws_config::{retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::provider::ProvideCredentials;
+use aws_credential_types::Credentials;
+use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata};
+use http::{HeaderName, HeaderValue};
+use tokio::sync::watch;
+
+use crate::cli::{Secret, SessionArgs};
+
+/// Upper bound on resolving credentials (SSO, assume-role and `credential_process` included).
+pub const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the first websocket connection waits for credentials to sign with; after that it
+/// connects unsigned (the service accepts unsigned upgrades from older plugins).
+pub const SIGNING_WAIT: Duration = Duration::from_secs(5);
+/// Upper bound on the KMS action (credentials and GenerateDataKey): the agent gives up on the
+/// handshake after 15 s.
+pub const KMS_TIMEOUT: Duration = Duration::from_secs(12);
+/// Upper bound on one ResumeSession or TerminateSession call (credentials included).
+pub const SSM_CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Why ResumeSession did not give us a new token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResumeError {
+    /// The service answered without a token: the session is over (the reference prints
+    /// `Session: <id> timed out.`).
+    Expired,
+    /// The session cannot be resumed, whatever we retry (it does not exist).
+    Fatal(String),
+    /// Worth retrying (network, throttling, credentials that may be refreshed meanwhile).
+    Retry(String),
+}
+
+/// What ResumeSession returned.
+#[derive(Debug, Clone)]
+pub struct Resumed {
+    /// The new data-channel token.
+    pub token: Secret,
+    /// The StreamUrl it returned, if any (the reference ignores it and re-dials the original).
+    pub stream_url: Option<String>,
+    /// The credentials the call was signed with, to sign the new websocket too.
+    pub credentials: Credentials,
+}
+
+type CredResult = Result<(SdkConfig, Credentials), String>;
+
+/// Per-session AWS context: argv settings and credentials resolved once in the background.
+pub struct Aws {
+    region: String,
+    profile: Option<String>,
+    endpoint: Option<String>,
+    target: String,
+    session_id: String,
+    /// Starts empty; the background resolution fills it once.
+    resolved: Mutex<Option<watch::Receiver<Option<CredResult>>>>,
+}
+
+impl std::fmt::Debug for Aws {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aws")
+            .field("region", &self.region)
+            .field("profile", &self.profile)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Aws {
+    /// The context for a session started with `args`. Does no I/O.
+    pub fn new(args: &SessionArgs) -> Arc<Self> {
+        Arc::new(Self {
+            region: args.region.clone(),
+            profile: args.profile.clone(),
+            endpoint: args.endpoint.clone(),
+            target: args
+                .parameters
+                .as_ref()
+                .map(|p| p.target.clone())
+                .unwrap_or_default(),
+            session_id: args.response.session_id.clone(),
+            resolved: Mutex::new(None),
+        })
+    }
+
+    /// Loads a fresh SDK configuration: files are re-read, so a profile rewritten on disk (an
+    /// SSO login, a rotated key) is picked up.
+    async fn load_config(&self) -> SdkConfig {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(Duration::from_secs(8))
+                    .operation_timeout(Duration::from_secs(15))
+                    .build(),
+            )
+            .retry_config(RetryConfig::standard().with_max_attempts(3));
+        if !self.region.is_empty() {
+            loader = loader.region(Region::new(self.region.clone()));
+        }
+        if let Some(p) = &self.profile {
+            loader = loader.profile_name(p);
+        }
+        loader.load().await
+    }
+
+    /// Loads a fresh configuration and resolves credentials through it, within `bound`.
+    async fn fresh_credentials(&self, bound: Duration) -> CredResult {
+        let work = async {
+            let config = self.load_config().await;
+            let provider = config
+                .credentials_provider()
+                .ok_or_else(|| "no AWS credential provider is configured".to_owned())?;
+            let creds = provider.provide_credentials().await.map_err(|e| {
+                format!(
+                    "cannot get AWS credentials{}: {}",
+                    self.profile_note(),
+                    DisplayErrorContext(&e)
+                )
+            })?;
+            Ok((config, creds))
+        };
+        match tokio::time::timeout(bound, work).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "AWS credentials{} could not be resolved within {} s",
+                self.profile_note(),
+                bound.as_secs()
+            )),
+        }
+    }
+
+    fn profile_note(&self) -> String {
+        match &self.profile {
+            Some(p) => format!(" (profile {p})"),
+            None => String::new(),
+        }
+    }
+
+    /// The session's credentials, resolved once in the background (started by the first
+    /// caller), waiting at most `wait` for them.
+    async fn credentials(self: &Arc<Self>, wait: Duration) -> CredResult {
+        let mut rx = {
+            // The lock only guards a cheap check-and-spawn; poisoning cannot leave it torn.
+            let mut slot = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+            match &*slot {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let r = me.fresh_credentials(CREDENTIALS_TIMEOUT).await;
+                        match &r {
+                            Ok((_, c)) => tracing::debug!(
+                                access_key_id = c.access_key_id(),
+                                "AWS credentials resolved"
+                            ),
+                            Err(e) => tracing::debug!("AWS credentials unavailable: {e}"),
+                        }
+                        let _ = tx.send(Some(r));
+                    });
+                    *slot = Some(rx.clone());
+                    rx
+                }
+            }
+        };
+        let waited = tokio::time::timeout(wait, async {
+            rx.wait_for(Option::is_some).await.map(|v| v.clone())
+        })
+        .await;
+        match waited {
+            Ok(Ok(v)) => v.unwrap_or_else(|| Err("AWS credentials unavailable".into())),
+            Ok(Err(_)) => Err("the credential resolution task ended unexpectedly".into()),
+            Err(_) => Err(format!(
+                "AWS credentials{} not resolved within {} s",
+                self.profile_note(),
+                wait.as_secs()
+            )),
+        }
+    }
+
+    /// The region to sign and call in: argv, else whatever the configuration says.
+    fn region_for(&self, config: &SdkConfig) -> String {
+        if self.region.is_empty() {
+            config
+                .region()
+                .map(|r| r.as_ref().to_owned())
+                .unwrap_or_default()
+        } else {
+            self.region.clone()
+        }
+    }
+
+    /// Headers that sign the websocket upgrade to `url`: none when the URL is presigned, or when
+    /// no credentials are available (then we connect unsigned and say so in the debug log).
+    /// `fresh` are credentials just resolved for a resume; otherwise the session's are used,
+    /// waiting at most [`SIGNING_WAIT`].
+    pub async fn upgrade_headers(
+        self: &Arc<Self>,
+        url: &str,
+        fresh: Option<(&Credentials, &str)>,
+    ) -> Vec<(HeaderName, HeaderValue)> {
+        if sign::is_presigned(url) {
+            tracing::debug!("the StreamUrl is presigned; connecting without SigV4 headers");
+            return Vec::new();
+        }
+        let (creds, region) = match fresh {
+            Some((c, r)) => (c.clone(), r.to_owned()),
+            None => match self.credentials(SIGNING_WAIT).await {
+                Ok((config, c)) => {
+                    let region = self.region_for(&config);
+                    (c, region)
+                }
+                Err(e) => {
+                    tracing::debug!("connecting unsigned (no SigV4 on the websocket upgrade): {e}");
+                    return Vec::new();
+                }
+            },
+        };
+        match sign::upgrade_headers(url, &creds, &region, SystemTime::now()) {
+            Ok(h) => {
+                tracing::debug!(
+                    access_key_id = creds.access_key_id(),
+                    %region,
+                    "websocket upgrade signed with SigV4 ({})",
+                    sign::SERVICE
+                );
+                h
+            }
+            Err(e) => {
+                tracing::debug!("connecting unsigned: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// The KMSEncryption action: a 64-byte data key from KMS GenerateDataKey with the session's
+    /// encryption context (plus the agent's random challenge when it sent one). Returns
+    /// (plaintext, ciphertext blob) or the text the reference puts after
+    /// `Failed to process action KMSEncryption: `.
+    pub async fn generate_data_key(
+        self: &Arc<Self>,
+        key_id: &str,
+        challenge: Option<&str>,
+    ) -> Result<(Vec<u8>, Vec<u8>), String> {
+        let work = async {
+            let (config, creds) = self
+                .credentials(KMS_TIMEOUT)
+                .await
+                .map_err(|e| format!("error while creating new KMS service, {e}"))?;
+            // KMS uses the region's own endpoint (argv ENDPOINT is SSM's or ECS's), unless the
+            // environment or config files name one (AWS_ENDPOINT_URL_KMS, AWS_ENDPOINT_URL).
+            let kms_conf = aws_sdk_kms::config::Builder::from(&config)
+                .credentials_provider(creds)
+                .build();
+            let client = aws_sdk_kms::Client::from_conf(kms_conf);
+            let mut req = client
+                .generate_data_key()
+                .key_id(key_id)
+                .number_of_bytes(64)
+                .encryption_context("aws:ssm:SessionId", &self.session_id)
+                .encryption_context("aws:ssm:TargetId", &self.target);
+            if let Some(c) = challenge {
+                req = req.encryption_context("aws:ssm:RandomChallenge", c);
+            }
+            let out = req.send().await.map_err(|e| {
+                format!(
+                    "Error calling KMS GenerateDataKey API: {}",
+                    describe_sdk_error(&e)
+                )
+            })?;
+            let plaintext = out
+                .plaintext()
+                .map(|b| b.as_ref().to_vec())
+                .ok_or("Error calling KMS GenerateDataKey API: the answer has no Plaintext")?;
+            let blob = out
+                .ciphertext_blob()
+                .map(|b| b.as_ref().to_vec())
+                .ok_or("Error calling KMS GenerateDataKey API: the answer has no CiphertextBlob")?;
+            Ok((plaintext, blob))
+        };
+        tokio::time::timeout(KMS_TIMEOUT, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "Error calling KMS GenerateDataKey API: no answer within {} s",
+                    KMS_TIMEOUT.as_secs()
+                ))
+            })
+    }
+
+    /// An SSM client with freshly resolved credentials and the right endpoint.
+    async fn ssm_client(
+        &self,
+        bound: Duration,
+    ) -> Result<(aws_sdk_ssm::Client, Credentials, String), String> {
+        let (config, creds) = self.fresh_credentials(bound).await?;
+        let region = self.region_for(&config);
+        let mut b = aws_sdk_ssm::config::Builder::from(&config).credentials_provider(creds.clone());
+        match ssm_endpoint(self.endpoint.as_deref(), &self.target, |k| {
+            std::env::var(k).ok()
+        }) {
+            Some(url) => b = b.endpoint_url(url),
+            None => tracing::debug!("SSM endpoint: resolved by the SDK for region {region}"),
+        }
+        Ok((aws_sdk_ssm::Client::from_conf(b.build()), creds, region))
+    }
+
+    /// SSM ResumeSession, with credentials resolved afresh (the hourly reconnect often happens
+    /// after the original ones expired). Bounded by [`SSM_CALL_TIMEOUT`].
+    pub async fn resume_session(&self) -> Result<Resumed, ResumeError> {
+        let work = async {
+            let (client, creds, _region) = self
+                .ssm_client(CREDENTIALS_TIMEOUT.min(SSM_CALL_TIMEOUT))
+                .await
+                .map_err(ResumeError::Retry)?;
+            tracing::debug!(
+                session = %self.session_id,
+                access_key_id = creds.access_key_id(),
+                "calling ResumeSession"
+            );
+            let out = client
+                .resume_session()
+                .session_id(&self.session_id)
+                .send()
+                .await
+                .map_err(|e| {
+                    let text = format!("ResumeSession failed: {}", describe_sdk_error(&e));
+                    match e.code() {
+                        Some("DoesNotExistException") | Some("ValidationException") => {
+                            ResumeError::Fatal(text)
+                        }
+                        _ => ResumeError::Retry(text),
+                    }
+                })?;
+            match out.token_value().filter(|t| !t.is_empty()) {
+                None => Err(ResumeError::Expired),
+                Some(t) => Ok(Resumed {
+                    token: Secret::new(t),
+                    stream_url: out
+                        .stream_url()
+                        .filter(|u| !u.is_empty())
+                        .map(str::to_owned),
+                    credentials: creds,
+                }),
+            }
+        };
+        tokio::time::timeout(SSM_CALL_TIMEOUT, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ResumeError::Retry(format!(
+                    "ResumeSession did not answer within {} s",
+                    SSM_CALL_TIMEOUT.as_secs()
+                )))
+            })
+    }
+
+    /// The region the resumed websocket is signed for.
+    pub fn signing_region(&self) -> &str {
+        &self.region
+    }
+
+    /// SSM TerminateSession, bounded by `bound`; failures are returned for the caller to log.
+    pub async fn terminate_session(&self, bound: Duration) -> Result<(), String> {
+        let work = async {
+            let (client, _, _) = self.ssm_client(bound).await?;
+            client
+                .terminate_session()
+                .session_id(&self.session_id)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("TerminateSession failed: {}", describe_sdk_error(&e)))
+        };
+        tokio::time::timeout(bound, work).await.unwrap_or_else(|_| {
+            Err(format!(
+                "TerminateSession did not answer within {} s",
+                bound.as_secs()
+            ))
+        })
+    }
+}
+
+/// `Code: message` for service errors, the whole cause chain for the rest.
+fn describe_sdk_error<E, R>(e: &aws_smithy_runtime_api::client::result::SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_smithy_runtime_api::client::result::SdkError;
+    match e {
+        SdkError::ServiceError(s) => {
+            let err = s.err();
+            match (err.code(), err.message()) {
+                (Some(c), Some(m)) => format!("{c}: {m}"),
+                (Some(c), None) => c.to_owned(),
+                _ => DisplayErrorContext(e).to_string(),
+            }
+        }
+        SdkError::TimeoutError(_) => "the request timed out".to_owned(),
+        _ => DisplayErrorContext(e).to_string(),
+    }
+}
+
+/// AWS's public DNS suffixes (all partitions): an endpoint under one of them is AWS's own.
+const AWS_SUFFIXES: [&str; 8] = [
+    ".amazonaws.com",
+    ".amazonaws.com.cn",
+    ".api.aws",
+    ".c2s.ic.gov",
+    ".sc2s.sgov.gov",
+    ".cloud.adc-e.uk",
+    ".csp.hci.ic.gov",
+    ".amazonaws.eu",
+];
+
+/// Where SSM calls (ResumeSession, TerminateSession) go. `Some(url)`: that URL; `None`: the
+/// SDK resolves it (region, partition, FIPS/dual-stack settings, `AWS_ENDPOINT_URL_SSM`,
+/// `AWS_ENDPOINT_URL`, config-file `endpoint_url`).
+///
+/// argv ENDPOINT is the SSM endpoint for `aws ssm start-session`, used as given. Under ECS Exec
+/// (the target starts with `ecs:` or the endpoint's host with `ecs.`/`ecs-fips.`) it is ECS's,
+/// where the reference's SSM calls fail: then the SDK resolves SSM's, unless the endpoint is a
+/// custom one (not an AWS domain, e.g. a local emulator serving every service) and no SSM
+/// endpoint is configured in the environment, in which case it is kept as the reference does.
+pub fn ssm_endpoint(
+    endpoint: Option<&str>,
+    target: &str,
+    getenv: impl Fn(&str) -> Option<String>,
+) -> Option<String> {
+    let endpoint = endpoint.filter(|e| !e.is_empty())?;
+    let host = url::Url::parse(endpoint)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+        .unwrap_or_default();
+    let ecs =
+        target.starts_with("ecs:") || host.starts_with("ecs.") || host.starts_with("ecs-fips.");
+    if !ecs {
+        return Some(endpoint.to_owned());
+    }
+    let configured = ["AWS_ENDPOINT_URL_SSM", "AWS_ENDPOINT_URL"]
+        .iter()
+        .any(|k| getenv(k).is_some_and(|v| !v.is_empty()));
+    let aws_domain = AWS_SUFFIXES.iter().any(|s| host.ends_with(s));
+    if configured || aws_domain {
+        tracing::debug!(
+            "ECS Exec: argv ENDPOINT {endpoint} is ECS's; SSM calls use SSM's endpoint"
+        );
+        None
+    } else {
+        Some(endpoint.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn ssm_endpoint_selection() {
+        let none = env(&[]);
+        assert_eq!(ssm_endpoint(None, "i-1", &none), None);
+        assert_eq!(
+            ssm_endpoint(Some("https://ssm.us-east-1.amazonaws.com"), "i-1", &none).as_deref(),
+            Some("https://ssm.us-east-1.amazonaws.com")
+        );
+        // ECS Exec: the ECS endpoint is not used for SSM calls.
+        assert_eq!(
+            ssm_endpoint(
+                Some("https://ecs.eu-west-1.amazonaws.com"),
+                "ecs:c_t_r",
+                &none
+            ),
+            None
+        );
+        assert_eq!(
+            ssm_endpoint(
+                Some("https://ecs.cn-north-1.amazonaws.com.cn"),
+                "i-1",
+                &none
+            ),
+            None
+        );
+        assert_eq!(
+            ssm_endpoint(
+                Some("https://ecs-fips.us-east-1.amazonaws.com"),
+                "i-1",
+                &none
+            ),
+            None
+        );
+        // A custom endpoint under ECS (an emulator) is kept unless SSM's is configured.
+        assert_eq!(
+            ssm_endpoint(Some("http://localhost:4566"), "ecs:c_t_r", &none).as_deref(),
+            Some("http://localhost:4566")
+        );
+        assert_eq!(
+            ssm_endpoint(
+                Some("http://localhost:4566"),
+                "ecs:c_t_r",
+                env(&[("AWS_ENDPOINT_URL_SSM", "http://127.0.0.1:9")])
+            ),
+            None
+        );
+    }
+}
