@@ -405,6 +405,11 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
     let mut finishing: Option<(Finish, Instant)> = None;
     let mut exit_code: Option<i32> = None;
     let type_deadline = start + SESSION_TYPE_TIMEOUT;
+    // Data the handler gave us while the send window was full, in order. Bounded: once it is
+    // full we stop reading the handler's queue, which back-pressures the handler. Reading on
+    // while the window is full lets a Finish or a Flag behind bulk data through at once.
+    let mut held: std::collections::VecDeque<(PayloadType, Bytes)> = Default::default();
+    const MAX_HELD: usize = 64;
     // Reconnection state: when the current link opened, whether it delivered anything, whether
     // any link ever did, when the current outage began, and whether the service sent
     // channel_closed (then the session is over and is never resumed).
@@ -418,11 +423,6 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
     let mut kms_failure: Option<(String, Instant)> = None;
     // A TerminateSession API call on its way (old agents that lack the flag).
     let mut terminating: Option<JoinHandle<()>> = None;
-    // Data the handler gave us while the send window was full, in order. Bounded: once it is
-    // full we stop reading the handler's queue, which back-pressures the handler. Reading on
-    // while the window is full lets a Finish or a Flag behind bulk data through at once.
-    let mut held: std::collections::VecDeque<(PayloadType, Bytes)> = Default::default();
-    const MAX_HELD: usize = 64;
 
     loop {
         let now = Instant::now();

@@ -198,7 +198,9 @@ where
     });
 
     let mut rate = RateWindow::new();
-    loop {
+    // `kill` holds a single permit: whichever select consumes it must end the whole reader
+    // loop, or the read half (and so the TCP connection) stays open after a cut.
+    'conn: loop {
         let msg = tokio::select! {
             m = source.next() => m,
             _ = kill.notified() => break,
@@ -224,7 +226,7 @@ where
             if delay.is_zero() {
                 tokio::select! {
                     _ = sess.agent_tx.send(AgentInput::Frame(f)) => {}
-                    _ = kill.notified() => break,
+                    _ = kill.notified() => break 'conn,
                 }
             } else {
                 let agent = sess.agent_tx.clone();
