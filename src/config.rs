@@ -17,6 +17,13 @@ pub const ENV_FRAME_RATE: &str = "SESSION_MANAGER_PLUGIN_MAX_FRAME_RATE";
 pub const ENV_PAYLOAD_SIZE: &str = "SESSION_MANAGER_PLUGIN_PAYLOAD_SIZE";
 /// Seconds an unacknowledged message may wait before we give up on the agent.
 pub const ENV_GIVE_UP: &str = "SESSION_MANAGER_PLUGIN_RESEND_TIMEOUT";
+/// Address port-forwarding listeners bind to instead of loopback (`0.0.0.0`, `::`, or one
+/// address). Anything that can reach that address can then use the tunnel, with the target's
+/// permissions: only for forwarding into containers or to trusted hosts.
+pub const ENV_BIND_ADDRESS: &str = "SESSION_MANAGER_PLUGIN_BIND_ADDRESS";
+/// The same setting under the name AWS's newer plugin reads (a host name or address); ours wins
+/// when both are set.
+pub const ENV_BIND_ADDRESS_AWS: &str = "SSM_PLUGIN_LOCAL_HOST";
 
 /// The agent's StreamDataPayloadSize.
 pub const DEFAULT_PAYLOAD_SIZE: usize = 1024;
@@ -38,6 +45,8 @@ pub struct Env {
     pub payload_size: usize,
     /// Give-up time.
     pub give_up: Duration,
+    /// Listener bind address (or host name) for port forwarding; `None` means loopback.
+    pub bind_address: Option<String>,
 }
 
 impl Env {
@@ -57,6 +66,11 @@ impl Env {
             payload_size: num(ENV_PAYLOAD_SIZE)
                 .map_or(DEFAULT_PAYLOAD_SIZE, |v| (v as usize).clamp(64, 64 * 1024)),
             give_up: Duration::from_secs(num(ENV_GIVE_UP).unwrap_or(120).max(5)),
+            bind_address: [ENV_BIND_ADDRESS, ENV_BIND_ADDRESS_AWS]
+                .iter()
+                .filter_map(|k| get(k))
+                .map(|v| v.trim().to_owned())
+                .find(|v| !v.is_empty()),
         }
     }
 

@@ -442,7 +442,14 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
         }
         let can_send = ch.send_capacity() > 0 && finishing.is_none();
         let handler_running = matches!(phase, Phase::Running { .. });
+        // A payload waits for room in the handler's queue: wake up when there is some (the
+        // channel may have nothing else to wake us for).
+        let room = match (&phase, &stash) {
+            (Phase::Running { tx, .. }, Some(_)) => Some(tx.clone()),
+            _ => None,
+        };
         tokio::select! {
+            _ = async { if let Some(tx) = &room { let _ = tx.reserve().await; } }, if room.is_some() => {}
             input = link.rx.recv() => match input {
                 Some(LinkIn::Frame(bytes)) => {
                     if let Err(e) = ch.handle_frame(Instant::now().into_std(), &bytes) {

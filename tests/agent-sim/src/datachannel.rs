@@ -14,8 +14,8 @@ use rand::RngCore;
 use serde_json::{json, Value};
 use ssm_plugin::wire::{
     AcknowledgeContent, ClientMessage, DecodeError, EncryptionChallenge, HandshakeComplete,
-    HandshakeRequest, HandshakeResponse, KmsEncryptionRequest, KmsEncryptionResponse,
-    MessageType, PayloadType, RequestedClientAction, SessionTypeRequest,
+    HandshakeRequest, HandshakeResponse, KmsEncryptionRequest, KmsEncryptionResponse, MessageType,
+    PayloadType, RequestedClientAction, SessionTypeRequest,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -572,7 +572,9 @@ impl DataChannel {
             serde_json::from_value(result.clone()).map_err(|e| e.to_string())?;
         let acked = resp.challenge_acknowledgement.unwrap_or(false);
         if self.sess.cfg.require_kms_challenge && !acked {
-            return Err("client does not support required encryption context random challenge".into());
+            return Err(
+                "client does not support required encryption context random challenge".into(),
+            );
         }
         let blob = base64::engine::general_purpose::STANDARD
             .decode(resp.kms_cipher_text_key.as_bytes())
@@ -584,7 +586,11 @@ impl DataChannel {
             .agent_instance_id
             .clone()
             .unwrap_or_else(|| self.sess.target.clone());
-        let ctx = crate::session::kms_context(&self.sess.id, &target, acked.then_some(challenge.as_str()));
+        let ctx = crate::session::kms_context(
+            &self.sess.id,
+            &target,
+            acked.then_some(challenge.as_str()),
+        );
         let resolver = self
             .sess
             .shared
@@ -597,8 +603,12 @@ impl DataChannel {
             .ok_or_else(|| {
                 "Fetching data key failed: InvalidCiphertextException: the ciphertext or encryption context does not match".to_owned()
             })?;
-        let cipher = AgentCipher::new(&key)
-            .ok_or_else(|| format!("Fetching data key failed: data key has {} bytes, not 64", key.len()))?;
+        let cipher = AgentCipher::new(&key).ok_or_else(|| {
+            format!(
+                "Fetching data key failed: data key has {} bytes, not 64",
+                key.len()
+            )
+        })?;
         let mut st = lock(&self.st);
         st.cipher = Some(cipher);
         st.encryption_enabled = true;

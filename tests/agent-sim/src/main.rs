@@ -8,7 +8,10 @@ use agent_sim::{DirFaults, Faults, Limits, SimConfig, Simulator};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Simulator of the SSM agent and the Session Manager relay service")]
+#[command(
+    version,
+    about = "Simulator of the SSM agent and the Session Manager relay service"
+)]
 struct Args {
     /// AgentVersion announced in the handshake (<= 3.0.196.0: no smux, basic port forwarding).
     #[arg(long, default_value = "3.3.987.0")]

@@ -83,7 +83,9 @@ where
             return;
         }
     };
-    let Some(sess) = lock(&found).take() else { return };
+    let Some(sess) = lock(&found).take() else {
+        return;
+    };
     if shared.cfg().faults.stall {
         tracing::info!(session = %sess.id, "stalling the connection (fault injection)");
         let _keep = ws;
@@ -108,7 +110,10 @@ where
     let open: Option<OpenDataChannelInput> = first.and_then(|t| serde_json::from_str(&t).ok());
     let Some(open) = open else {
         let _ = sink
-            .send(close(POLICY, "The first message must be OpenDataChannelInput"))
+            .send(close(
+                POLICY,
+                "The first message must be OpenDataChannelInput",
+            ))
             .await;
         return;
     };
@@ -270,7 +275,12 @@ impl RateWindow {
     }
 
     /// Counts one client data frame; true when the frame is to be discarded (throttled).
-    fn count(&mut self, shared: &Shared, sess: &Arc<Session>, tx: &mpsc::UnboundedSender<WsCmd>) -> bool {
+    fn count(
+        &mut self,
+        shared: &Shared,
+        sess: &Arc<Session>,
+        tx: &mpsc::UnboundedSender<WsCmd>,
+    ) -> bool {
         if self.tripped {
             return true;
         }

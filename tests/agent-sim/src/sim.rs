@@ -114,17 +114,14 @@ fn tls_acceptor() -> anyhow::Result<(tokio_rustls::TlsAcceptor, String)> {
         .push(DnType::CommonName, "localhost");
     let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
-        rustls::pki_types::PrivatePkcs8KeyDer::from(leaf_key.serialize_der()),
-    );
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+        leaf_key.serialize_der(),
+    ));
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(vec![leaf.der().clone(), ca.der().clone()], key)?;
-    Ok((
-        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-        ca.pem(),
-    ))
+    Ok((tokio_rustls::TlsAcceptor::from(Arc::new(config)), ca.pem()))
 }
 
 /// Control of a running simulator. Dropping it does not stop it; call [`SimHandle::shutdown`].
@@ -193,7 +190,11 @@ impl SimHandle {
 
     /// Sets the fake KMS the agent uses for data keys.
     pub fn set_resolver(&self, resolver: Arc<dyn DataKeyResolver>) {
-        *self.shared.resolver.write().unwrap_or_else(|e| e.into_inner()) = Some(resolver);
+        *self
+            .shared
+            .resolver
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(resolver);
     }
 
     /// Stops listening, terminates every session and removes the certificate file.

@@ -49,11 +49,16 @@ impl InputHandler for MuxHandler {
                 PayloadType::OUTPUT => {
                     // Blocks while smux is not reading (receive buffer full): the agent's
                     // websocket reader blocks the same way.
-                    self.pipe.lock().await.write_all(&payload).await.map_err(|e| {
-                        crate::datachannel::HandleError::Failed(format!(
-                            "Unable to write to port, err: {e}."
-                        ))
-                    })
+                    self.pipe
+                        .lock()
+                        .await
+                        .write_all(&payload)
+                        .await
+                        .map_err(|e| {
+                            crate::datachannel::HandleError::Failed(format!(
+                                "Unable to write to port, err: {e}."
+                            ))
+                        })
                 }
                 PayloadType::FLAG => {
                     // Mux sessions act only on TerminateSession.
@@ -249,7 +254,10 @@ async fn stream_task(
         Ok(c) => c,
         Err(e) => {
             tracing::info!(session = %sess.id, sid, "unable to dial {dest}: {e}");
-            dc.send_stream(PayloadType::FLAG, &FlagValue::ConnectToPortError.to_payload());
+            dc.send_stream(
+                PayloadType::FLAG,
+                &FlagValue::ConnectToPortError.to_payload(),
+            );
             let _ = ftx.send(frame(CMD_FIN, sid, &[]));
             while let Some(m) = rx.recv().await {
                 if let ToDest::Data(d) = m {

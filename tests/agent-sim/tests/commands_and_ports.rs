@@ -74,7 +74,9 @@ async fn noninteractive_combined_and_old_client_warning() {
     c.handshake("1.2.0.0").await;
     let msg = c.handshake_complete().await;
     assert!(
-        msg.starts_with("Please update session manager plugin version (minimum required version 1.2.312.0)"),
+        msg.starts_with(
+            "Please update session manager plugin version (minimum required version 1.2.312.0)"
+        ),
         "{msg:?}"
     );
     sim.shutdown();
@@ -122,7 +124,11 @@ async fn port_handshake_properties() {
             &[("portNumber", "5432"), ("host", "127.0.0.1")],
             r#"{"host":"127.0.0.1","portNumber":"5432","type":"LocalPortForwarding"}"#,
         ),
-        ("AWS-StartSSHSession", &[("portNumber", "22")], r#"{"portNumber":"22"}"#),
+        (
+            "AWS-StartSSHSession",
+            &[("portNumber", "22")],
+            r#"{"portNumber":"22"}"#,
+        ),
     ];
     for (doc, params, props) in cases {
         let s = start(&sim, Some(doc), params);
@@ -170,7 +176,9 @@ async fn echo_server() -> u16 {
 }
 
 fn pattern(n: usize, salt: u8) -> Vec<u8> {
-    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt)).collect()
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt))
+        .collect()
 }
 
 async fn read_port_bytes(c: &mut Client, n: usize) -> Vec<u8> {
@@ -294,7 +302,10 @@ async fn port_mux_echo_fin_and_dial_failure() {
     let st = sim.stats(&s.session_id).unwrap();
     assert_eq!(st.port_mode, "mux");
     assert_eq!(st.smux_frames_in, [1, 1, 1, 0]);
-    assert_eq!(st.smux_nops_out, 0, "keep-alive is off for clients > 1.2.331.0");
+    assert_eq!(
+        st.smux_nops_out, 0,
+        "keep-alive is off for clients > 1.2.331.0"
+    );
     c.send(PayloadType::FLAG, &FlagValue::TerminateSession.to_payload())
         .await;
     assert_eq!(c.until_closed(T).await.0, "");
@@ -357,10 +368,16 @@ async fn faults_drop_and_duplicate_and_the_channel_recovers() {
     let expected: String = (1..=5000).map(|i| format!("{i}\n")).collect();
     assert_eq!(text, expected, "every line exactly once, in order");
     let st = sim.stats(&s.session_id).unwrap();
-    assert!(st.to_client.dropped > 0 && st.to_client.duplicated > 0, "{st:?}");
+    assert!(
+        st.to_client.dropped > 0 && st.to_client.duplicated > 0,
+        "{st:?}"
+    );
     assert!(st.resends > 0, "drops are repaired by resends: {st:?}");
     assert!(c.duplicates > 0);
     // Every client frame went to the agent twice: duplicates re-acked.
-    assert!(st.to_agent.duplicated > 0 && st.duplicates_seen > 0, "{st:?}");
+    assert!(
+        st.to_agent.duplicated > 0 && st.duplicates_seen > 0,
+        "{st:?}"
+    );
     sim.shutdown();
 }

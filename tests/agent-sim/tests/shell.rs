@@ -46,7 +46,10 @@ async fn shell_prompt_echo_resize_exit() {
     assert_eq!((first.sequence_number, first.flags), (0, 1));
     c.send(
         PayloadType::SIZE,
-        &ssm_plugin::wire::to_vec(&SizeData { cols: 100, rows: 30 }),
+        &ssm_plugin::wire::to_vec(&SizeData {
+            cols: 100,
+            rows: 30,
+        }),
     )
     .await;
     c.send_text("echo h''i\r").await;
@@ -170,7 +173,12 @@ async fn wss_with_generated_certificate() {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let hostport = s.stream_url.trim_start_matches("wss://").split('/').next().unwrap();
+    let hostport = s
+        .stream_url
+        .trim_start_matches("wss://")
+        .split('/')
+        .next()
+        .unwrap();
     let tcp = tokio::net::TcpStream::connect(hostport).await.unwrap();
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
@@ -184,9 +192,8 @@ async fn wss_with_generated_certificate() {
 
 fn pem_to_der(pem: &str) -> Vec<u8> {
     use base64::Engine;
-    let b64: String = pem
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect();
-    base64::engine::general_purpose::STANDARD.decode(b64).unwrap()
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
 }

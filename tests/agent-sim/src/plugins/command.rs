@@ -110,7 +110,10 @@ pub(crate) async fn run(dc: Arc<DataChannel>, command_line: &str, separate: bool
             };
             tokio::join!(a, b);
             let code = exit_code(child.wait().await);
-            dc.send_stream(PayloadType::EXIT_CODE, format!("EXIT_CODE: {code}").as_bytes());
+            dc.send_stream(
+                PayloadType::EXIT_CODE,
+                format!("EXIT_CODE: {code}").as_bytes(),
+            );
         };
         tokio::select! {
             _ = work => true,

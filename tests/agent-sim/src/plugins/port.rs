@@ -61,7 +61,8 @@ pub(crate) async fn run(
     };
     let client_version = dc.client_version();
     let lpf = port_type.as_deref() == Some(LOCAL_PORT_FORWARDING);
-    let old_agent = compare(&sess.cfg.agent_version, LAST_AGENT_WITHOUT_MUX) != std::cmp::Ordering::Greater;
+    let old_agent =
+        compare(&sess.cfg.agent_version, LAST_AGENT_WITHOUT_MUX) != std::cmp::Ordering::Greater;
     let mux = lpf && !old_agent && compare(&client_version, MUX_SUPPORTED_CLIENT_VERSION).is_ge();
     sess.stats().port_mode = if mux { "mux" } else { "basic" }.into();
     if mux {
@@ -107,7 +108,9 @@ impl InputHandler for BasicHandler {
                         }
                     }
                     let Some(w) = st.writer.as_mut() else {
-                        return Err(HandleError::Failed("connection to the port is closed".into()));
+                        return Err(HandleError::Failed(
+                            "connection to the port is closed".into(),
+                        ));
                     };
                     w.write_all(&payload).await.map_err(|e| {
                         HandleError::Failed(format!("Unable to write to port, err: {e}."))

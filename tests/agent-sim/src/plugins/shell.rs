@@ -28,9 +28,9 @@ impl InputHandler for PtyHandler {
             match payload_type {
                 PayloadType::OUTPUT => {
                     let mut w = lock(&self.writer);
-                    w.write_all(&payload)
-                        .and_then(|_| w.flush())
-                        .map_err(|e| HandleError::Failed(format!("Unable to write to stdin, err: {e}.")))
+                    w.write_all(&payload).and_then(|_| w.flush()).map_err(|e| {
+                        HandleError::Failed(format!("Unable to write to stdin, err: {e}."))
+                    })
                 }
                 PayloadType::SIZE => {
                     let size: SizeData = serde_json::from_slice(&payload)

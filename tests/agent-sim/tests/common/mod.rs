@@ -169,7 +169,9 @@ impl Client {
             if let Some(e) = self.ready.pop_front() {
                 return Some(e);
             }
-            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
             match msg {
                 None | Some(Err(_)) => return Some(Event::Closed(None)),
                 Some(Ok(Message::Close(f))) => {
@@ -298,7 +300,10 @@ impl Client {
     /// Answers a HandshakeRequest (which must be the next data message) with success for
     /// every action; returns the request's JSON.
     pub async fn handshake(&mut self, client_version: &str) -> serde_json::Value {
-        let req = self.data(Duration::from_secs(10)).await.expect("HandshakeRequest");
+        let req = self
+            .data(Duration::from_secs(10))
+            .await
+            .expect("HandshakeRequest");
         assert_eq!(req.payload_type, PayloadType::HANDSHAKE_REQUEST);
         assert_eq!(req.sequence_number, 0);
         assert_eq!(req.flags, 1);
@@ -327,7 +332,10 @@ impl Client {
 
     /// Reads until HandshakeComplete; returns its CustomerMessage.
     pub async fn handshake_complete(&mut self) -> String {
-        let m = self.data(Duration::from_secs(10)).await.expect("HandshakeComplete");
+        let m = self
+            .data(Duration::from_secs(10))
+            .await
+            .expect("HandshakeComplete");
         assert_eq!(m.payload_type, PayloadType::HANDSHAKE_COMPLETE);
         let c: ssm_plugin::wire::HandshakeComplete = serde_json::from_slice(&m.payload).unwrap();
         assert!(c.handshake_time_to_complete > 0);
