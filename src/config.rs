@@ -17,6 +17,13 @@ pub const ENV_FRAME_RATE: &str = "SESSION_MANAGER_PLUGIN_MAX_FRAME_RATE";
 pub const ENV_PAYLOAD_SIZE: &str = "SESSION_MANAGER_PLUGIN_PAYLOAD_SIZE";
 /// Seconds an unacknowledged message may wait before we give up on the agent.
 pub const ENV_GIVE_UP: &str = "SESSION_MANAGER_PLUGIN_RESEND_TIMEOUT";
+/// Address port-forwarding listeners bind to instead of loopback (`0.0.0.0`, `::`, or one
+/// address). Anything that can reach that address can then use the tunnel, with the target's
+/// permissions: only for forwarding into containers or to trusted hosts.
+pub const ENV_BIND_ADDRESS: &str = "SESSION_MANAGER_PLUGIN_BIND_ADDRESS";
+/// The same setting under the name AWS's newer plugin reads (a host name or address); ours wins
+/// when both are set.
+pub const ENV_BIND_ADDRESS_AWS: &str = "SSM_PLUGIN_LOCAL_HOST";
 
 /// Seconds we keep trying to resume a lost connection (ResumeSession + a new websocket) before
 /// giving up (default 120).
@@ -44,6 +51,8 @@ pub struct Env {
     pub give_up: Duration,
     /// How long to try resuming a lost connection.
     pub reconnect_timeout: Duration,
+    /// Listener bind address (or host name) for port forwarding; `None` means loopback.
+    pub bind_address: Option<String>,
 }
 
 impl Env {
@@ -67,6 +76,11 @@ impl Env {
                 .map_or(crate::session::DEFAULT_RECONNECT_TIMEOUT, |v| {
                     Duration::from_secs(v.clamp(1, 24 * 3600))
                 }),
+            bind_address: [ENV_BIND_ADDRESS, ENV_BIND_ADDRESS_AWS]
+                .iter()
+                .filter_map(|k| get(k))
+                .map(|v| v.trim().to_owned())
+                .find(|v| !v.is_empty()),
         }
     }
 

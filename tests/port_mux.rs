@@ -1,0 +1,288 @@
+//! Port forwarding through smux (agents above 3.0.196.0), end to end: the real binary against
+//! the in-process simulator, local clients and destination servers on 127.0.0.x.
+
+mod port_common;
+
+use std::time::Duration;
+
+use port_common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const DOC: &str = "AWS-StartPortForwardingSession";
+const AGENT: &str = "3.3.987.0";
+
+async fn big_transfer(limits: bool, mib: usize) {
+    let sim = sim(sim_config(limits, AGENT)).await;
+    let (dport, mut seen) = server("127.0.0.1", Behaviour::Echo).await;
+    let (st, req) = start(&sim, DOC, &[("portNumber", &dport.to_string())]);
+    let env = if limits {
+        vec![]
+    } else {
+        vec![("SESSION_MANAGER_PLUGIN_MAX_FRAME_RATE", "0".to_string())]
+    };
+    let mut p = Plugin::spawn(Launch {
+        started: &st,
+        request: &req,
+        env,
+        stdio: false,
+    });
+    let port = p.port(&st.session_id).await;
+    let len = mib * MIB;
+    let t0 = std::time::Instant::now();
+    echo_through(port, 7, len).await;
+    eprintln!(
+        "mux echo {mib} MiB each way (limits {limits}): {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+    let at_dest = recv_seen(&mut seen, T).await;
+    assert_eq!((at_dest.bytes, at_dest.sha), (len, gen_hash(7, len)));
+    // The session is alive: no pause, no close, and a new connection still works.
+    let stats = sim.stats(&st.session_id).unwrap();
+    assert_eq!(stats.pause_publication_sent, 0, "the service throttled us");
+    assert_eq!(stats.port_mode, "mux");
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "plugin still running"
+    );
+    echo_through(port, 8, 10_000).await;
+    p.signal(libc::SIGINT);
+    let status = p.wait(T).await;
+    assert!(status.success(), "{status:?}");
+    let out = p.stdout.text();
+    assert!(
+        out.contains("Terminate signal received, exiting.\n"),
+        "{out:?}"
+    );
+    assert!(
+        sim.wait_ended(&st.session_id, T).await.is_some(),
+        "Ctrl-C ends the session at the agent"
+    );
+    sim.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_echo_both_directions_without_service_limits() {
+    big_transfer(false, big_mib()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_with_service_limits_keeps_the_session_alive() {
+    big_transfer(true, limited_mib()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_lines_and_fifty_concurrent_connections() {
+    let sim = sim(sim_config(true, AGENT)).await;
+    let (dport, _seen) = server("127.0.0.1", Behaviour::Echo).await;
+    let (st, req) = start(&sim, DOC, &[("portNumber", &dport.to_string())]);
+    let p = Plugin::spawn(Launch {
+        started: &st,
+        request: &req,
+        env: vec![],
+        stdio: false,
+    });
+    let port = p.port(&st.session_id).await;
+    let id = &st.session_id;
+    let out = p.wait_for("Waiting for connections...\n", T).await;
+    assert!(
+        out.ends_with(&format!(
+            "Port {port} opened for sessionId {id}.\nWaiting for connections...\n"
+        )),
+        "{out:?}"
+    );
+    let mut tasks = Vec::new();
+    for i in 0..50u64 {
+        tasks.push(tokio::spawn(echo_through(
+            port,
+            100 + i,
+            32 * 1024 + i as usize * 77,
+        )));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(120), t)
+            .await
+            .expect("all connections finish")
+            .unwrap();
+    }
+    let out = p.stdout.text();
+    assert_eq!(
+        out.matches(&format!("\nConnection accepted for session [{id}]\n"))
+            .count(),
+        1,
+        "{out:?}"
+    );
+    let stats = sim.stats(id).unwrap();
+    assert_eq!(stats.smux_frames_in[0], 50, "one SYN per connection");
+    sim.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_half_closes_and_reads_the_answer() {
+    let mut cfg = sim_config(true, AGENT);
+    cfg.mux_half_close = true;
+    let sim = sim(cfg).await;
+    let (dport, _seen) = server("127.0.0.1", Behaviour::Digest).await;
+    let (st, req) = start(&sim, DOC, &[("portNumber", &dport.to_string())]);
+    let p = Plugin::spawn(Launch {
+        started: &st,
+        request: &req,
+        env: vec![],
+        stdio: false,
+    });
+    let port = p.port(&st.session_id).await;
+    let mut s = connect("127.0.0.1", port).await;
+    let len = 300_000;
+    let sent = write_gen(&mut s, 3, len).await;
+    s.shutdown().await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(T, s.read_to_string(&mut answer))
+        .await
+        .expect("answer and EOF arrive")
+        .unwrap();
+    assert_eq!(answer, format!("{len} {}", hex::encode(sent)));
+    sim.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_host_forwarding_reaches_a_second_server() {
+    let sim = sim(sim_config(true, AGENT)).await;
+    let (dport, mut seen) = server("127.0.0.2", Behaviour::Sink).await;
+    let (st, req) = start(
+        &sim,
+        "AWS-StartPortForwardingSessionToRemoteHost",
+        &[("portNumber", &dport.to_string()), ("host", "127.0.0.2")],
+    );
+    let p = Plugin::spawn(Launch {
+        started: &st,
+        request: &req,
+        env: vec![],
+        stdio: false,
+    });
+    let port = p.port(&st.session_id).await;
+    let mut s = connect("127.0.0.1", port).await;
+    let sent = write_gen(&mut s, 5, 200_000).await;
+    s.shutdown().await.unwrap();
+    let at = recv_seen(&mut seen, T).await;
+    assert_eq!((at.bytes, at.sha), (200_000, sent));
+    sim.shutdown();
+}
+
+async fn bind_case(bind: &str, reach: &str, refused: Option<&str>) {
+    let sim = sim(sim_config(true, AGENT)).await;
+    let (dport, _seen) = server("127.0.0.1", Behaviour::Echo).await;
+    let (st, req) = start(&sim, DOC, &[("portNumber", &dport.to_string())]);
+    let p = Plugin::spawn(Launch {
+        started: &st,
+        request: &req,
+        env: vec![("SESSION_MANAGER_PLUGIN_BIND_ADDRESS", bind.to_string())],
+        stdio: false,
+    });
+    let port = p.port(&st.session_id).await;
+    let s = connect(reach, port).await;
+    let (mut r, mut w) = s.into_split();
+    w.write_all(b"hello").await.unwrap();
+    let mut b = [0u8; 5];
+    tokio::time::timeout(T, r.read_exact(&mut b))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&b, b"hello");
+    if let Some(other) = refused {
+        assert!(
+            tokio::net::TcpStream::connect((other, port)).await.is_err(),
+            "{other}:{port} must not be listening"
+        );
+    }
+    sim.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_address_any_is_reachable_through_loopback() {
+    bind_case("0.0.0.0", "127.0.0.1", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_address_limits_the_listener_to_that_address() {
+    bind_case("127.0.0.2", "127.0.0.2", Some("127.0.0.1")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_destination_is_reported_and_the_connection_closed() {
+    let sim = sim(sim_config(true, AGENT)).await;
+    // A port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dport = closed.local_addr().unwrap().port();
+    drop(closed);
+    let (st, req) = start(&sim, DOC, &[("portNumber", &dport.to_string())]);
+    let p = Plugin::spawn(Launch {
+        started: &st,
+        request: &req,
+        env: vec![],
+        stdio: false,
+    });
+    let port = p.port(&st.session_id).await;
+    let mut s = connect("127.0.0.1", port).await;
+    let _ = s.write_all(b"x").await;
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(T, s.read(&mut buf))
+        .await
+        .expect("the connection is closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    p.wait_for(
+        "\nConnection to destination port failed, check SSM Agent logs.\n",
+        T,
+    )
+    .await;
+    sim.shutdown();
+}
+
+/// A destination that stops reading must not make the plugin buffer the upload: the local
+/// client's writes must block instead (TCP back-pressure), and memory stay bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_destination_pushes_back_on_the_local_client() {
+    let sim = sim(sim_config(false, AGENT)).await;
+    let stall = Duration::from_secs(5);
+    let (dport, mut seen) = server("127.0.0.1", Behaviour::StalledSink { stall }).await;
+    let (st, req) = start(&sim, DOC, &[("portNumber", &dport.to_string())]);
+    let p = Plugin::spawn(Launch {
+        started: &st,
+        request: &req,
+        env: vec![("SESSION_MANAGER_PLUGIN_MAX_FRAME_RATE", "0".to_string())],
+        stdio: false,
+    });
+    let port = p.port(&st.session_id).await;
+    let base = p.rss_kib();
+    let s = connect("127.0.0.1", port).await;
+    let len = 48 * MIB;
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let w2 = written.clone();
+    let writer = tokio::spawn(async move {
+        let mut s = s;
+        let mut g = Gen::new(21);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(buf.len());
+            g.fill(&mut buf[..n]);
+            s.write_all(&buf[..n]).await.unwrap();
+            w2.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+            left -= n;
+        }
+        s.shutdown().await.unwrap();
+        s
+    });
+    tokio::time::sleep(stall - Duration::from_secs(1)).await;
+    let during = written.load(std::sync::atomic::Ordering::SeqCst);
+    let rss = p.rss_kib();
+    eprintln!("while the destination stalls: {during} bytes accepted, rss {base} -> {rss} KiB");
+    assert!(
+        during < 24 * MIB,
+        "{during} bytes accepted while nothing was delivered"
+    );
+    assert!(rss < base + 32 * 1024, "rss grew from {base} to {rss} KiB");
+    let at = recv_seen(&mut seen, Duration::from_secs(600)).await;
+    assert_eq!((at.bytes, at.sha), (len, gen_hash(21, len)));
+    drop(writer);
+    sim.shutdown();
+}
