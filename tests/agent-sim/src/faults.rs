@@ -69,12 +69,12 @@ pub(crate) fn apply(
     vec![(when, frame)]
 }
 
+/// The input end of a [`delay_line`]: (due time, frame).
+pub(crate) type DelayLine = mpsc::UnboundedSender<(Instant, Vec<u8>)>;
+
 /// A delay line: frames come out in the order they went in, each no earlier than its due
 /// time. `deliver` runs on one task, so deliveries never race each other.
-pub(crate) fn delay_line<D, Fut>(
-    rt: &tokio::runtime::Handle,
-    mut deliver: D,
-) -> mpsc::UnboundedSender<(Instant, Vec<u8>)>
+pub(crate) fn delay_line<D, Fut>(rt: &tokio::runtime::Handle, mut deliver: D) -> DelayLine
 where
     D: FnMut(Vec<u8>) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send,

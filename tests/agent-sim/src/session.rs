@@ -197,7 +197,7 @@ pub(crate) struct Session {
     /// The ClientVersion of the latest OpenDataChannelInput.
     pub(crate) open_client_version: Mutex<String>,
     /// Delayed frames towards the client, in order (created on first use).
-    pub(crate) delay_line: Mutex<Option<mpsc::UnboundedSender<(tokio::time::Instant, Vec<u8>)>>>,
+    pub(crate) delay_line: Mutex<Option<crate::faults::DelayLine>>,
 }
 
 impl Session {
