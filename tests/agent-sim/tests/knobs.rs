@@ -201,6 +201,8 @@ async fn rate_limit_spares_slow_clients_and_can_be_switched_off() {
     // 12.5 frames a second, for longer than the window: never throttled.
     let (s, mut c) = open(&sim, "AWS-StartPortForwardingSession", &params, NEW_CLIENT).await;
     let mut tick = tokio::time::interval(Duration::from_millis(80));
+    // A late tick must not turn into a burst.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for _ in 0..35 {
         tick.tick().await;
         c.send(PayloadType::OUTPUT, b"x").await;
@@ -277,7 +279,7 @@ async fn ws_lifetime_closes_with_bye_and_the_session_resumes() {
 fn smux_keepalive_config() -> agent_sim::SimConfig {
     let mut cfg = fast_config();
     cfg.limits.smux_keepalive_interval = Duration::from_millis(100);
-    cfg.limits.smux_keepalive_timeout = Duration::from_millis(400);
+    cfg.limits.smux_keepalive_timeout = Duration::from_millis(600);
     cfg
 }
 
@@ -341,7 +343,7 @@ async fn smux_keepalive_for_old_clients_nops_and_timeout() {
     let t0 = Instant::now();
     let (out, _) = c.until_closed(T).await;
     assert!(
-        t0.elapsed() >= Duration::from_millis(400),
+        t0.elapsed() >= Duration::from_millis(600),
         "not before the timeout"
     );
     // The agent reports a failure (WritePump's exit code 1); the text is the simulator's.
