@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::faults::When;
 use crate::session::{lock, now_ms, AgentInput, Session, Shared, WsCmd};
 
 /// How long a new connection may take to send its OpenDataChannelInput.
@@ -198,6 +199,8 @@ where
     });
 
     let mut rate = RateWindow::new();
+    // Delayed frames towards the agent, in order (created on first use).
+    let mut line = None;
     // `kill` holds a single permit: whichever select consumes it must end the whole reader
     // loop, or the read half (and so the TCP connection) stays open after a cut.
     'conn: loop {
@@ -222,18 +225,34 @@ where
             let mut st = sess.stats();
             crate::faults::apply(&mut rng, &faults, data, &mut st.to_agent)
         };
-        for (delay, f) in outs {
-            if delay.is_zero() {
-                tokio::select! {
-                    _ = sess.agent_tx.send(AgentInput::Frame(f)) => {}
-                    _ = kill.notified() => break 'conn,
+        for (when, f) in outs {
+            match when {
+                When::Now => {
+                    tokio::select! {
+                        _ = sess.agent_tx.send(AgentInput::Frame(f)) => {}
+                        _ = kill.notified() => break 'conn,
+                    }
                 }
-            } else {
-                let agent = sess.agent_tx.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    let _ = agent.send(AgentInput::Frame(f)).await;
-                });
+                When::InLine(delay) => {
+                    let due = tokio::time::Instant::now() + delay;
+                    let tx = line.get_or_insert_with(|| {
+                        let agent = sess.agent_tx.clone();
+                        crate::faults::delay_line(&shared.runtime, move |f| {
+                            let agent = agent.clone();
+                            async move {
+                                let _ = agent.send(AgentInput::Frame(f)).await;
+                            }
+                        })
+                    });
+                    let _ = tx.send((due, f));
+                }
+                When::Aside(delay) => {
+                    let agent = sess.agent_tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = agent.send(AgentInput::Frame(f)).await;
+                    });
+                }
             }
         }
     }

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::backend::DataKeyResolver;
 use crate::config::SimConfig;
+use crate::faults::When;
 
 /// Frames the relay keeps for a disconnected client at most (oldest dropped beyond).
 const MAX_QUEUED_FRAMES: usize = 10_000;
@@ -210,6 +211,8 @@ pub(crate) struct Session {
     pub(crate) ended: watch::Sender<Option<String>>,
     /// The ClientVersion of the latest OpenDataChannelInput.
     pub(crate) open_client_version: Mutex<String>,
+    /// Delayed frames towards the client, in order (created on first use).
+    pub(crate) delay_line: Mutex<Option<crate::faults::DelayLine>>,
 }
 
 impl Session {
@@ -229,15 +232,31 @@ impl Session {
             let mut st = self.stats();
             crate::faults::apply(&mut rng, &faults, frame, &mut st.to_client)
         };
-        for (delay, f) in outs {
-            if delay.is_zero() {
-                self.deliver(f);
-            } else {
-                let me = self.clone();
-                self.shared.runtime.spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    me.deliver(f);
-                });
+        for (when, f) in outs {
+            match when {
+                When::Now => self.deliver(f),
+                When::InLine(delay) => {
+                    let due = tokio::time::Instant::now() + delay;
+                    let mut line = lock(&self.delay_line);
+                    let tx = line.get_or_insert_with(|| {
+                        // Weak: the line lives in the session and must not keep it alive.
+                        let me = Arc::downgrade(self);
+                        crate::faults::delay_line(&self.shared.runtime, move |f| {
+                            if let Some(s) = me.upgrade() {
+                                s.deliver(f);
+                            }
+                            std::future::ready(())
+                        })
+                    });
+                    let _ = tx.send((due, f));
+                }
+                When::Aside(delay) => {
+                    let me = self.clone();
+                    self.shared.runtime.spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        me.deliver(f);
+                    });
+                }
             }
         }
     }

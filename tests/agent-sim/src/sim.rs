@@ -365,6 +365,7 @@ impl SessionBackend for SimBackend {
             stats: Mutex::new(Stats::default()),
             ended: watch::Sender::new(None),
             open_client_version: Mutex::new(String::new()),
+            delay_line: Mutex::new(None),
         });
         lock(&self.shared.sessions).insert(id.clone(), session.clone());
         tracing::info!(session = %id, plugin = session.kind.plugin_name(), target = %spec.target, "session started");

@@ -122,9 +122,21 @@ pub(crate) async fn run(dc: Arc<DataChannel>, dest: String, keepalive: bool) -> 
     };
 
     let activity = Arc::new(AtomicBool::new(false));
-    let server = serve(dc.clone(), dest, mux_read, ftx.clone(), activity.clone());
+    let bucket = Arc::new(Bucket {
+        used: AtomicUsize::new(0),
+        freed: Notify::new(),
+    });
+    let server = serve(
+        dc.clone(),
+        dest,
+        mux_read,
+        ftx.clone(),
+        activity.clone(),
+        bucket.clone(),
+    );
 
     let limits = sess.cfg.limits.clone();
+    let receive_buffer = limits.smux_receive_buffer;
     let ka_tx = ftx.clone();
     let sess2 = sess.clone();
     let keepalive_task = async move {
@@ -142,7 +154,11 @@ pub(crate) async fn run(dc: Arc<DataChannel>, dest: String, keepalive: bool) -> 
                     let _ = ka_tx.send(frame(CMD_NOP, 0, &[]));
                 }
                 _ = check.tick() => {
-                    if !activity.swap(false, Ordering::SeqCst) {
+                    // smux `keepalive`: no frame for a whole timeout closes the session,
+                    // unless the reader is parked on a full receive buffer (then the silence
+                    // is ours, not the client's).
+                    let blocked = bucket.used.load(Ordering::SeqCst) >= receive_buffer;
+                    if !activity.swap(false, Ordering::SeqCst) && !blocked {
                         return "smux: keep-alive timeout, closing the session".to_owned();
                     }
                 }
@@ -166,14 +182,11 @@ async fn serve(
     mut r: ReadHalf<DuplexStream>,
     ftx: mpsc::UnboundedSender<Vec<u8>>,
     activity: Arc<AtomicBool>,
+    bucket: Arc<Bucket>,
 ) -> String {
     let sess = dc.sess.clone();
     let limit = sess.cfg.limits.smux_receive_buffer;
     let half_close = sess.cfg.mux_half_close;
-    let bucket = Arc::new(Bucket {
-        used: AtomicUsize::new(0),
-        freed: Notify::new(),
-    });
     let mut streams: HashMap<u32, mpsc::UnboundedSender<ToDest>> = HashMap::new();
     loop {
         // Stop reading while the receive buffer is full.

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use common::*;
 use ssm_plugin::wire::{FlagValue, PayloadType};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -152,47 +151,6 @@ async fn port_handshake_properties() {
     sim.shutdown();
 }
 
-/// A TCP echo server on 127.0.0.1; returns its port.
-async fn echo_server() -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                loop {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
-fn pattern(n: usize, salt: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt))
-        .collect()
-}
-
-async fn read_port_bytes(c: &mut Client, n: usize) -> Vec<u8> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        let m = c.data(T).await.expect("port data");
-        assert_eq!(m.payload_type, PayloadType::OUTPUT);
-        assert!(m.payload.len() <= 1024);
-        got.extend_from_slice(&m.payload);
-    }
-    got
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn port_basic_echo_disconnect_and_terminate() {
     let mut cfg = fast_config();
@@ -229,32 +187,6 @@ async fn port_basic_echo_disconnect_and_terminate() {
     assert_eq!(st.bytes_to_destination, 3500);
     assert_eq!(st.bytes_from_destination, 3500);
     sim.shutdown();
-}
-
-/// Splits a byte stream into complete smux frames (cmd, sid, data), keeping the remainder.
-fn smux_frames(buf: &mut Vec<u8>) -> Vec<(u8, u32, Vec<u8>)> {
-    let mut out = Vec::new();
-    loop {
-        if buf.len() < 8 {
-            return out;
-        }
-        assert_eq!(buf[0], 1, "smux version 1");
-        let len = u16::from_le_bytes([buf[2], buf[3]]) as usize;
-        if buf.len() < 8 + len {
-            return out;
-        }
-        let sid = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
-        out.push((buf[1], sid, buf[8..8 + len].to_vec()));
-        buf.drain(..8 + len);
-    }
-}
-
-fn smux(cmd: u8, sid: u32, data: &[u8]) -> Vec<u8> {
-    let mut f = vec![1, cmd];
-    f.extend_from_slice(&(data.len() as u16).to_le_bytes());
-    f.extend_from_slice(&sid.to_le_bytes());
-    f.extend_from_slice(data);
-    f
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,10 +244,7 @@ async fn port_mux_echo_fin_and_dial_failure() {
     assert_eq!(c.until_closed(T).await.0, "");
 
     // A destination that refuses: Flag ConnectToPortError, then FIN of that stream.
-    let closed = {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let closed = closed_port().await;
     let s = start(
         &sim,
         Some("AWS-StartPortForwardingSession"),

@@ -13,7 +13,7 @@ use ssm_plugin::wire::{
     ChannelClosed, ClientMessage, HandshakeResponse, MessageType, OpenDataChannelInput,
     PayloadType, ProcessedClientAction,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -79,6 +79,14 @@ pub struct Client {
     ready: std::collections::VecDeque<Event>,
     /// Agent data messages seen more than once (sequence below expected).
     pub duplicates: u64,
+    /// Agent data messages that arrived ahead of the expected sequence number.
+    pub out_of_order: u64,
+    /// Frames dropped because their payload digest did not match (as the plugin does).
+    pub bad_digest: u64,
+    /// Frames dropped because they did not parse at all.
+    pub malformed: u64,
+    /// Pongs received (answers to [`Client::ping`]).
+    pub pongs: u64,
 }
 
 impl Client {
@@ -113,6 +121,10 @@ impl Client {
             buffered: BTreeMap::new(),
             ready: Default::default(),
             duplicates: 0,
+            out_of_order: 0,
+            bad_digest: 0,
+            malformed: 0,
+            pongs: 0,
         }
     }
 
@@ -158,6 +170,14 @@ impl Client {
         m
     }
 
+    /// Sends a websocket ping (answered by a pong unless the relay is stalled).
+    pub async fn ping(&mut self) {
+        self.ws
+            .send(Message::Ping(b"agent-sim-test".to_vec().into()))
+            .await
+            .expect("send ping");
+    }
+
     pub async fn send_text(&mut self, s: &str) {
         self.send(PayloadType::OUTPUT, s.as_bytes()).await;
     }
@@ -179,10 +199,13 @@ impl Client {
                         f.map(|f| (u16::from(f.code), f.reason.to_string())),
                     ))
                 }
-                Some(Ok(Message::Binary(b))) => {
-                    let m = ClientMessage::decode(&b).expect("agent frames decode");
-                    self.on_message(m).await;
-                }
+                // Like the plugin: a frame that fails validation is dropped, not acked.
+                Some(Ok(Message::Binary(b))) => match ClientMessage::decode(&b) {
+                    Ok(m) => self.on_message(m).await,
+                    Err(ssm_plugin::wire::DecodeError::Digest) => self.bad_digest += 1,
+                    Err(_) => self.malformed += 1,
+                },
+                Some(Ok(Message::Pong(_))) => self.pongs += 1,
                 Some(Ok(_)) => {}
             }
         }
@@ -206,6 +229,9 @@ impl Client {
                         self.expected += 1;
                     }
                 } else {
+                    if !self.buffered.contains_key(&seq) {
+                        self.out_of_order += 1;
+                    }
                     self.buffered.insert(seq, m);
                 }
             }
@@ -340,5 +366,87 @@ impl Client {
         let c: ssm_plugin::wire::HandshakeComplete = serde_json::from_slice(&m.payload).unwrap();
         assert!(c.handshake_time_to_complete > 0);
         c.customer_message
+    }
+}
+
+/// A TCP echo server on 127.0.0.1; returns its port.
+pub async fn echo_server() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A port on 127.0.0.1 nobody listens on (bound, then released).
+pub async fn closed_port() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Deterministic test bytes.
+pub fn pattern(n: usize, salt: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt))
+        .collect()
+}
+
+/// Reads Output data messages until `n` bytes arrived; each payload is at most 1024 bytes
+/// (the agent's port read size).
+pub async fn read_port_bytes(c: &mut Client, n: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let m = c.data(Duration::from_secs(10)).await.expect("port data");
+        assert_eq!(m.payload_type, PayloadType::OUTPUT);
+        assert!(m.payload.len() <= 1024);
+        got.extend_from_slice(&m.payload);
+    }
+    got
+}
+
+pub const SMUX_SYN: u8 = 0;
+pub const SMUX_FIN: u8 = 1;
+pub const SMUX_PSH: u8 = 2;
+pub const SMUX_NOP: u8 = 3;
+
+/// Encodes one smux v1 frame (what the plugin's smux client writes).
+pub fn smux(cmd: u8, sid: u32, data: &[u8]) -> Vec<u8> {
+    let mut f = vec![1, cmd];
+    f.extend_from_slice(&(data.len() as u16).to_le_bytes());
+    f.extend_from_slice(&sid.to_le_bytes());
+    f.extend_from_slice(data);
+    f
+}
+
+/// Splits a byte stream into complete smux frames (cmd, sid, data), keeping the remainder.
+pub fn smux_frames(buf: &mut Vec<u8>) -> Vec<(u8, u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    loop {
+        if buf.len() < 8 {
+            return out;
+        }
+        assert_eq!(buf[0], 1, "smux version 1");
+        let len = u16::from_le_bytes([buf[2], buf[3]]) as usize;
+        if buf.len() < 8 + len {
+            return out;
+        }
+        let sid = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+        out.push((buf[1], sid, buf[8..8 + len].to_vec()));
+        buf.drain(..8 + len);
     }
 }
