@@ -8,5 +8,12 @@
 #   BENCH_LIMITED_MIB=8 BENCH_MIB=32 scripts/bench-port.sh
 set -eu
 cd "$(dirname "$0")/.."
-cargo test --release --test port_bench -- --ignored --nocapture --test-threads 1 2>&1 |
-  grep -E '^BENCH|test result|panicked' 
+log=$(mktemp)
+if cargo test --release --test port_bench -- --ignored --nocapture --test-threads 1 >"$log" 2>&1; then
+  grep -E '^BENCH' "$log"
+  rm -f "$log"
+else
+  tail -n 40 "$log" >&2
+  echo "bench-port: failed; full log in $log" >&2
+  exit 1
+fi

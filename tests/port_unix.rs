@@ -4,6 +4,9 @@
 //! between the plugin and the simulator adds it to the agent's HandshakeRequest (re-encoded with
 //! a fresh digest), as an agent running a custom document would send it.
 
+// The websocket handshake callback's error type is tungstenite's, not ours.
+#![allow(clippy::result_large_err)]
+
 mod port_common;
 
 use std::os::unix::fs::PermissionsExt;
