@@ -10,7 +10,7 @@ set -eu
 cd "$(dirname "$0")/.."
 log=$(mktemp)
 if cargo test --release --test port_bench -- --ignored --nocapture --test-threads 1 >"$log" 2>&1; then
-  grep -E '^BENCH' "$log"
+  grep -o 'BENCH.*' "$log"
   rm -f "$log"
 else
   tail -n 40 "$log" >&2

@@ -38,10 +38,11 @@ async fn measure(limits: bool, mib: usize) {
         let mut s = connect("127.0.0.1", port).await;
         let t0 = Instant::now();
         let sent = write_gen(&mut s, 1, len).await;
+        // The destination reports at EOF, which our half-close brings after the data.
+        s.shutdown().await.unwrap();
         let at = recv_seen(&mut seen, Duration::from_secs(3600)).await;
         let secs = t0.elapsed().as_secs_f64();
         assert_eq!((at.bytes, at.sha), (len, sent));
-        let _ = s.shutdown().await;
         let stats = sim.stats(&st.session_id).unwrap();
         println!(
             "BENCH upload   {mib} MiB, {setting}: {:.2} MB/s ({secs:.1} s, pauses {})",
