@@ -11,7 +11,9 @@ const LIMIT: Duration = Duration::from_secs(40);
 
 async fn run_shell(world: &World, home: &Home, started: &agent_sim::Started) -> Finished {
     let mut cmd = plugin(world, started, home, "", TARGET, &world.api.url());
-    cmd.env("SESSION_MANAGER_PLUGIN_LOG", "debug");
+    // These tests read the debug log on stderr.
+    cmd.env("SESSION_MANAGER_PLUGIN_LOG", "debug")
+        .env_remove("SESSION_MANAGER_PLUGIN_LOG_FILE");
     let mut p = Running::spawn(cmd);
     p.write(b"echo signed-$((20+22))\nexit\n").await;
     p.finish(LIMIT).await

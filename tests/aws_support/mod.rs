@@ -167,6 +167,16 @@ pub fn plugin(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // A debug log per plugin, so a failure shows what the plugin was doing (see
+    // `Running::finish`); SSM_TEST_PLUGIN_LOG_DIR chooses where they are kept.
+    let dir = std::env::var_os("SSM_TEST_PLUGIN_LOG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("ssm-plugin-test-logs"));
+    let _ = std::fs::create_dir_all(&dir);
+    let file = dir.join(format!("plugin-{}.log", started.session_id));
+    let _ = std::fs::remove_file(&file);
+    c.env("SESSION_MANAGER_PLUGIN_LOG", "debug")
+        .env("SESSION_MANAGER_PLUGIN_LOG_FILE", file);
     c
 }
 
@@ -194,6 +204,7 @@ pub struct Running {
     pub out: Arc<Mutex<Vec<u8>>>,
     pub err: Arc<Mutex<Vec<u8>>>,
     readers: Vec<tokio::task::JoinHandle<()>>,
+    log: Option<PathBuf>,
 }
 
 fn collect<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
@@ -213,6 +224,11 @@ fn collect<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
 
 impl Running {
     pub fn spawn(mut cmd: tokio::process::Command) -> Self {
+        let log = cmd
+            .as_std()
+            .get_envs()
+            .find(|(k, _)| *k == "SESSION_MANAGER_PLUGIN_LOG_FILE")
+            .and_then(|(_, v)| v.map(PathBuf::from));
         let mut child = cmd.spawn().expect("plugin starts");
         let stdin = child.stdin.take();
         let out = Arc::new(Mutex::new(Vec::new()));
@@ -227,7 +243,19 @@ impl Running {
             out,
             err,
             readers,
+            log,
         }
+    }
+
+    /// The last lines of the plugin's debug log, if it keeps one.
+    pub fn log_tail(&self) -> String {
+        let Some(path) = &self.log else {
+            return String::new();
+        };
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(80);
+        format!("--- plugin log {} (tail)\n{}", path.display(), lines[from..].join("\n"))
     }
 
     pub async fn write(&mut self, data: &[u8]) {
@@ -250,9 +278,10 @@ impl Running {
         while !self.stdout().contains(needle) {
             if tokio::time::Instant::now() >= deadline {
                 panic!(
-                    "stdout never showed {needle:?} within {limit:?}\n--- stdout\n{}\n--- stderr\n{}",
+                    "stdout never showed {needle:?} within {limit:?}\n--- stdout\n{}\n--- stderr\n{}\n{}",
                     self.stdout(),
-                    self.stderr()
+                    self.stderr(),
+                    self.log_tail()
                 );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -266,9 +295,10 @@ impl Running {
             .await
             .unwrap_or_else(|_| {
                 panic!(
-                    "the plugin did not exit within {limit:?}\n--- stdout\n{}\n--- stderr\n{}",
+                    "the plugin did not exit within {limit:?}\n--- stdout\n{}\n--- stderr\n{}\n{}",
                     self.stdout(),
-                    self.stderr()
+                    self.stderr(),
+                    self.log_tail()
                 )
             })
             .expect("wait for the plugin");

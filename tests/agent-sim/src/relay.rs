@@ -133,6 +133,18 @@ where
         return;
     };
     let token_ok = *lock(&sess.token) == open.token_value && !open.token_value.is_empty();
+    if token_ok && sess.is_ended() {
+        if let Some(frame) = sess.pending_farewell() {
+            // The agent finished while this client was away: hand over the channel_closed it
+            // missed, then end normally.
+            tracing::info!(session = %sess.id, "client resumed an ended session; sending channel_closed");
+            if sink.send(Message::Binary(frame.into())).await.is_ok() {
+                sess.farewell_delivered();
+                let _ = sink.send(close(1000, "")).await;
+            }
+            return;
+        }
+    }
     if !token_ok || sess.is_ended() {
         sess.stats().rejected_tokens += 1;
         let reason = if sess.is_ended() {
@@ -179,6 +191,7 @@ where
 
     let kill = Arc::new(Notify::new());
     let kill_w = kill.clone();
+    let writer_sess = sess.clone();
     let writer = tokio::spawn(async move {
         while let Some(cmd) = rx.recv().await {
             match cmd {
@@ -192,6 +205,13 @@ where
                     break;
                 }
                 WsCmd::Cut => break,
+                WsCmd::Farewell(f) => {
+                    if sink.send(Message::Binary(f.into())).await.is_ok() {
+                        writer_sess.farewell_delivered();
+                        let _ = sink.send(close(1000, "")).await;
+                    }
+                    break;
+                }
             }
         }
         kill_w.notify_one();
@@ -332,6 +352,7 @@ fn on_disconnect(sess: &Arc<Session>, conn_id: u64) {
         let still_gone = lock(&sess.link).disconnected_at == Some(at);
         if still_gone && !sess.is_ended() {
             tracing::info!(session = %sess.id, "resume window over; terminating");
+            sess.abandoned.store(true, std::sync::atomic::Ordering::SeqCst);
             let _ = sess.agent_tx.send(AgentInput::Terminate).await;
         }
     });

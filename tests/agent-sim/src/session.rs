@@ -157,6 +157,8 @@ pub(crate) enum WsCmd {
     Close(u16, String),
     /// Drop the TCP connection without a close frame.
     Cut,
+    /// The relay's `channel_closed`, then a normal close; marks the farewell delivered.
+    Farewell(Vec<u8>),
 }
 
 #[derive(Default)]
@@ -213,6 +215,13 @@ pub(crate) struct Session {
     pub(crate) open_client_version: Mutex<String>,
     /// Delayed frames towards the client, in order (created on first use).
     pub(crate) delay_line: Mutex<Option<crate::faults::DelayLine>>,
+    /// The `channel_closed` of an ended session until a websocket has carried it. A client
+    /// whose connection dropped just as the agent finished resumes and gets it then, instead
+    /// of being refused and retrying until its reconnect budget runs out.
+    /// Kept for one resume window after the end; never when the end was the window running out.
+    pub(crate) farewell: Mutex<Option<(Vec<u8>, std::time::Instant)>>,
+    /// The client stayed away past the resume window: the session is gone for good.
+    pub(crate) abandoned: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
@@ -300,23 +309,33 @@ impl Session {
         tracing::info!(session = %self.id, output = %output, "agent finished");
         self.stats().end_output = Some(output.clone());
         let frame = channel_closed_frame(&self.id, &output);
-        let sent = {
-            let link = lock(&self.link);
-            match &link.conn {
-                Some((_, tx)) => {
-                    let ok = tx.send(WsCmd::Frame(frame)).is_ok();
-                    let _ = tx.send(WsCmd::Close(1000, String::new()));
-                    ok
-                }
-                None => false,
-            }
-        };
-        if sent {
+        if !self.abandoned.load(std::sync::atomic::Ordering::SeqCst) {
+            *lock(&self.farewell) = Some((frame.clone(), std::time::Instant::now()));
+        }
+        let link = lock(&self.link);
+        if let Some((_, tx)) = &link.conn {
+            let _ = tx.send(WsCmd::Farewell(frame));
+        }
+        drop(link);
+        self.ended.send_replace(Some(output));
+    }
+
+    /// A websocket has written the `channel_closed`: the session may now refuse resumes.
+    pub(crate) fn farewell_delivered(&self) {
+        if lock(&self.farewell).take().is_some() {
             let mut st = self.stats();
             st.channel_closed_sent = true;
             st.frames_out += 1;
         }
-        self.ended.send_replace(Some(output));
+    }
+
+    /// The undelivered `channel_closed` of an ended session, if any.
+    pub(crate) fn pending_farewell(&self) -> Option<Vec<u8>> {
+        let window = self.shared.cfg().resume_window;
+        lock(&self.farewell)
+            .as_ref()
+            .filter(|(_, at)| at.elapsed() < window)
+            .map(|(f, _)| f.clone())
     }
 }
 

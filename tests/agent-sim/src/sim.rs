@@ -366,6 +366,8 @@ impl SessionBackend for SimBackend {
             ended: watch::Sender::new(None),
             open_client_version: Mutex::new(String::new()),
             delay_line: Mutex::new(None),
+            farewell: Mutex::new(None),
+            abandoned: Default::default(),
         });
         lock(&self.shared.sessions).insert(id.clone(), session.clone());
         tracing::info!(session = %id, plugin = session.kind.plugin_name(), target = %spec.target, "session started");
@@ -382,7 +384,7 @@ impl SessionBackend for SimBackend {
                 format!("Session {session_id} does not exist."),
             )
         })?;
-        if s.is_ended() {
+        if s.is_ended() && s.pending_farewell().is_none() {
             return Err(BackendError::new(
                 "TargetNotConnected",
                 format!("Session {session_id} has ended and cannot be resumed."),

@@ -36,6 +36,30 @@ async fn wrong_and_stale_tokens_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_while_the_client_is_away_is_delivered_on_resume() {
+    let sim = sim(fast_config()).await;
+    let s = start(&sim, None, &[]);
+    let mut c = Client::connect(&s.stream_url, &s.token_value, NEW_CLIENT).await;
+    c.prompt(T).await;
+    assert!(sim.cut(&s.session_id));
+    drop(c);
+    // The agent ends while nobody is connected (the race of a cut and `exit`).
+    sim.backend().terminate_session(&s.session_id).unwrap();
+    assert_eq!(sim.wait_ended(&s.session_id, T).await.as_deref(), Some(""));
+    assert!(!sim.stats(&s.session_id).unwrap().channel_closed_sent);
+    // The client resumes and is told the session is over, instead of being refused.
+    let resumed = sim.backend().resume_session(&s.session_id).unwrap();
+    let mut back = Client::connect(&resumed.stream_url, &resumed.token_value, NEW_CLIENT).await;
+    let (out, _) = back.until_closed(T).await;
+    assert_eq!(out, "");
+    assert!(sim.stats(&s.session_id).unwrap().channel_closed_sent);
+    // Delivered once: from now on the session is gone.
+    let err = sim.backend().resume_session(&s.session_id).unwrap_err();
+    assert_eq!(err.code, "TargetNotConnected");
+    sim.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shell_prompt_echo_resize_exit() {
     let sim = sim(fast_config()).await;
     let s = start(&sim, None, &[]);
