@@ -97,3 +97,23 @@ async fn lines_and_one_connection_after_another() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     sim.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_local_reader_gets_everything_and_the_session_goes_on() {
+    let sim = sim(sim_config(false, OLD_AGENT)).await;
+    let len = 24 * MIB;
+    let (dport, _seen) = server("127.0.0.1", Behaviour::Source { seed: 33, len }).await;
+    let (st, req) = start(&sim, DOC, &[("portNumber", &dport.to_string())]);
+    let mut p = Plugin::spawn(Launch {
+        started: &st,
+        request: &req,
+        env: vec![("SESSION_MANAGER_PLUGIN_MAX_FRAME_RATE", "0".to_string())],
+        stdio: false,
+    });
+    let port = p.port(&st.session_id).await;
+    stalled_download(&p, port, 33, len, Duration::from_secs(8)).await;
+    assert!(p.child.try_wait().unwrap().is_none(), "plugin still running");
+    p.signal(libc::SIGTERM);
+    assert!(p.wait(T).await.success());
+    sim.shutdown();
+}

@@ -286,3 +286,28 @@ async fn stalled_destination_pushes_back_on_the_local_client() {
     drop(writer);
     sim.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_local_reader_gets_everything_and_the_session_goes_on() {
+    let sim = sim(sim_config(false, AGENT)).await;
+    let len = 24 * MIB;
+    let (dport, _seen) = server("127.0.0.1", Behaviour::Source { seed: 31, len }).await;
+    let (st, req) = start(&sim, DOC, &[("portNumber", &dport.to_string())]);
+    let mut p = Plugin::spawn(Launch {
+        started: &st,
+        request: &req,
+        env: vec![("SESSION_MANAGER_PLUGIN_MAX_FRAME_RATE", "0".to_string())],
+        stdio: false,
+    });
+    let port = p.port(&st.session_id).await;
+    stalled_download(&p, port, 31, len, Duration::from_secs(8)).await;
+    // Still one healthy session: a new connection gets its own stream from the start.
+    let mut again = connect("127.0.0.1", port).await;
+    let (n, got) = tokio::time::timeout(T, read_hash(&mut again, MIB)).await.expect("second read");
+    assert_eq!((n, got), (MIB, gen_hash(31, MIB)));
+    drop(again);
+    assert!(p.child.try_wait().unwrap().is_none(), "plugin still running");
+    p.signal(libc::SIGTERM);
+    assert!(p.wait(T).await.success());
+    sim.shutdown();
+}

@@ -464,6 +464,15 @@ impl Channel {
         self.update_clock();
     }
 
+    /// False while the queue of messages waiting for [`poll_event`](Self::poll_event) is full.
+    /// The caller should then stop reading the transport until events are pulled: the agent's
+    /// messages wait in TCP and websocket buffers instead of being refused, which would leave
+    /// the agent to resend them one per retransmission timeout (a stalled local reader would
+    /// collapse a download to a trickle). The give-up clock stands still meanwhile.
+    pub fn wants_input(&self) -> bool {
+        !self.inc.is_full()
+    }
+
     /// Nothing queued and nothing unacked: everything sent so far reached the agent.
     pub fn is_idle(&self) -> bool {
         self.out.queued_len() == 0 && self.out.unacked_len() == 0
@@ -528,6 +537,7 @@ impl Channel {
             Item::Event(e) => Some(e),
             Item::Message(m) => {
                 let sequence = m.sequence_number;
+                self.update_clock();
                 let payload = match &self.keys {
                     Some(keys) if agent_encrypts(m.payload_type) => {
                         match keys.decrypt(&m.payload) {
@@ -633,7 +643,12 @@ impl Channel {
     }
 
     fn update_clock(&mut self) {
-        let running = self.state == State::Open && self.connected && !self.paused;
+        // While our delivery queue is full the caller stops reading the transport, so the
+        // agent's acks cannot reach us either: that time must not count towards giving up.
+        let running = self.state == State::Open
+            && self.connected
+            && !self.paused
+            && !self.inc.is_full();
         self.clock.set_running(self.now, running);
     }
 
@@ -668,6 +683,7 @@ impl Channel {
                 self.stats.received += 1;
                 self.queue_ack(&msg);
                 self.inc.accept(msg);
+                self.update_clock();
             }
         }
     }

@@ -106,6 +106,11 @@ impl Incoming {
         self.ahead.len()
     }
 
+    /// No room for the next in-order message: reading more from the transport only makes work.
+    pub fn is_full(&self) -> bool {
+        self.queued_messages >= self.capacity
+    }
+
     /// Messages waiting for `poll_event`.
     pub fn queued_messages(&self) -> usize {
         self.queued_messages

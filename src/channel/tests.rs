@@ -549,6 +549,44 @@ fn full_incoming_buffer_refuses_without_ack_until_events_are_pulled() {
     assert_eq!(events(&mut ch), vec![message(3, b"3")]);
 }
 
+#[test]
+fn a_full_delivery_queue_asks_for_no_input_and_stops_the_give_up_clock() {
+    let t0 = start();
+    let mut ch = Channel::new(
+        Config {
+            incoming_capacity: 2,
+            ..config()
+        },
+        t0,
+    );
+    send(&mut ch, t0, b"up");
+    assert_eq!(drain(&mut ch, t0).len(), 1);
+    assert!(ch.wants_input());
+    ch.handle_frame(t0, &data(0, b"0")).unwrap();
+    assert!(ch.wants_input(), "one of two places taken");
+    ch.handle_frame(t0, &data(1, b"1")).unwrap();
+    assert!(!ch.wants_input(), "the caller must stop reading");
+    // 1000 s with nobody pulling events (a stalled local reader): the acks for our data sit
+    // unread behind the agent's messages, so this time does not count towards giving up.
+    let mut now = t0;
+    while now < t0 + Duration::from_secs(1000) {
+        now += Duration::from_millis(500);
+        ch.handle_timeout(now);
+        let _ = drain_raw(&mut ch, now);
+    }
+    let later = now;
+    assert_eq!(
+        events(&mut ch),
+        vec![message(0, b"0"), message(1, b"1")],
+        "no failure queued behind the data"
+    );
+    assert!(ch.wants_input());
+    ch.handle_frame(later, &ack_of(0)).unwrap();
+    let (_, evs) = run_timers(&mut ch, later, later + Duration::from_secs(1000));
+    assert!(evs.is_empty(), "acked in time: {evs:?}");
+    assert_eq!(ch.stats().refused, 0);
+}
+
 /// Drives the channel from timer to timer until `stop` holds or the timer disappears.
 fn run_timers(ch: &mut Channel, mut now: Instant, until: Instant) -> (Instant, Vec<Event>) {
     let mut evs = vec![];

@@ -32,6 +32,10 @@ use handshake::SessionKind;
 pub const SESSION_TYPE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long we wait, on a local exit, for the agent to acknowledge what we sent last.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a failed write, how long the reader gets to deliver what is already received.
+const WRITE_FAILURE_GRACE: Duration = Duration::from_secs(1);
+/// How long a resume may take when the connection drops while a local end waits for acks.
+const RESUME_WHILE_ENDING: Duration = Duration::from_secs(10);
 /// Websocket ping interval, as the reference.
 pub const PING_INTERVAL: Duration = Duration::from_secs(300);
 /// Agents above this version understand the TerminateSession flag.
@@ -266,6 +270,9 @@ impl Link {
                     _ = ping.tick() => Message::Ping(Bytes::from_static(b"keepalive")),
                 };
                 if let Err(e) = sink.send(msg).await {
+                    // The reader may still have the service's last messages (a channel_closed)
+                    // to hand over before it sees the end too: give it a moment to go first.
+                    tokio::time::sleep(WRITE_FAILURE_GRACE).await;
                     let _ = lost_tx
                         .send(LinkIn::Lost {
                             reason: format!("write failed: {e}"),
@@ -423,6 +430,8 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
     let mut kms_failure: Option<(String, Instant)> = None;
     // A TerminateSession API call on its way (old agents that lack the flag).
     let mut terminating: Option<JoinHandle<()>> = None;
+    // The connection went away while we were ending: stop waiting for acks.
+    let mut drain_abandoned = false;
 
     loop {
         let now = Instant::now();
@@ -437,10 +446,22 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
                 break;
             }
         }
-        // 1. Everything the channel wants to send.
-        while let Some(frame) = ch.poll_transmit(now.into_std()) {
-            if link.tx.send(Message::Binary(frame.into())).await.is_err() {
-                break;
+        // 1. Everything the channel wants to send, as far as the websocket writer takes it. Never
+        // wait for the writer here: a peer that does not read must not stop us reading, timing
+        // out or exiting (the channel keeps what is not written yet).
+        let mut writer_full = false;
+        loop {
+            match link.tx.try_reserve() {
+                Ok(permit) => match ch.poll_transmit(now.into_std()) {
+                    Some(frame) => permit.send(Message::Binary(frame.into())),
+                    None => break,
+                },
+                Err(mpsc::error::TrySendError::Full(())) => {
+                    writer_full = true;
+                    break;
+                }
+                // The writer is gone; the reader reports the loss.
+                Err(mpsc::error::TrySendError::Closed(())) => break,
             }
         }
         // 2. Everything it has to deliver, as far as the handler can take it.
@@ -513,8 +534,8 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
         // 3. A local end completes once the agent has everything (bounded).
         if let Some((how, since)) = finishing {
             let idle = ch.is_idle() && held.is_empty();
-            if idle || now >= since + DRAIN_TIMEOUT {
-                if !idle {
+            if idle || drain_abandoned || now >= since + DRAIN_TIMEOUT {
+                if !idle && !(drain_abandoned && how == Finish::Terminate) {
                     ui.warn("Warning: the agent did not acknowledge the last data in time; exiting anyway.");
                 }
                 let code = match std::mem::replace(&mut phase, Phase::HandlerDone) {
@@ -556,8 +577,9 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
             (Phase::Running { tx, .. }, Some(_)) => Some(tx.clone()),
             _ => None,
         };
+        let writer_room = link.tx.clone();
         tokio::select! {
-            input = link.rx.recv(), if !link_dead => {
+            input = link.rx.recv(), if !link_dead && ch.wants_input() => {
                 let lost = match input {
                     Some(LinkIn::Frame(bytes)) => {
                         link_confirmed = true;
@@ -594,7 +616,41 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
                     }
                     let since = outage_since.unwrap_or(now);
                     ch.transport_lost(now.into_std());
-                    link = match reconnect(&settings, &reason, since).await {
+                    // Already on our way out: never spend the whole reconnect budget on it.
+                    let mut bound = None;
+                    if let Some((how, fsince)) = finishing {
+                        let idle = ch.is_idle() && held.is_empty();
+                        if how == Finish::Terminate || idle {
+                            if !idle && terminating.is_none() {
+                                // The flag may not have reached the agent: end the session
+                                // through the API instead.
+                                let aws = settings.aws.clone();
+                                terminating = Some(tokio::spawn(async move {
+                                    if let Err(e) = aws.terminate_session(TERMINATE_API_TIMEOUT).await {
+                                        tracing::warn!("{e}");
+                                    }
+                                }));
+                            }
+                            tracing::info!("connection lost while ending the session ({reason}); not resuming");
+                            link_dead = true;
+                            drain_abandoned = true;
+                            continue;
+                        }
+                        let left = (fsince + DRAIN_TIMEOUT).saturating_duration_since(now);
+                        bound = Some(left.max(RESUME_WHILE_ENDING));
+                    }
+                    let resumed = match bound {
+                        None => reconnect(&settings, &reason, since).await,
+                        Some(b) => match tokio::time::timeout(b, reconnect(&settings, &reason, since)).await {
+                            Ok(r) => r,
+                            Err(_) => {
+                                link_dead = true;
+                                drain_abandoned = true;
+                                continue;
+                            }
+                        },
+                    };
+                    link = match resumed {
                         Ok(l) => l,
                         Err(e) => {
                             end_handler(&mut phase).await;
@@ -616,6 +672,7 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
                 }
                 ch.handle_timeout(now.into_std());
             }
+            _ = writer_room.reserve(), if writer_full && !link_dead => {}
             permit = reserve(stash_tx), if stash.is_some() => {
                 if let (Some(permit), Some(msg)) = (permit, stash.take()) {
                     permit.send(msg);
@@ -639,6 +696,7 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
                         let _ = ch.send(now, PayloadType::FLAG, Bytes::copy_from_slice(&f.to_payload()), Priority::Control);
                     }
                     ToAgent::Finish(how) => {
+                        tracing::debug!(?how, stats = ?ch.stats(), "the local side ends the session");
                         if how == Finish::Terminate {
                             if handshake::version_greater(&agent_version, TERMINATE_FLAG_MIN_AGENT) {
                                 let _ = ch.send(now, PayloadType::FLAG, Bytes::copy_from_slice(&FlagValue::TerminateSession.to_payload()), Priority::Control);

@@ -258,6 +258,29 @@ impl Running {
         format!("--- plugin log {} (tail)\n{}", path.display(), lines[from..].join("\n"))
     }
 
+    /// Sends a signal to the plugin.
+    pub fn signal(&self, sig: i32) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(pid as i32, sig) };
+        }
+    }
+
+    /// The local port from `Port <p> opened for sessionId <id>.` (port sessions).
+    pub async fn port(&self, session_id: &str, limit: Duration) -> u16 {
+        let head = "Port ";
+        let tail = format!(" opened for sessionId {session_id}.");
+        self.wait_stdout(&tail, limit).await;
+        let out = self.stdout();
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(head) && l.ends_with(&tail))
+            .expect("the port line");
+        line[head.len()..line.len() - tail.len()]
+            .parse()
+            .expect("a port number")
+    }
+
     pub async fn write(&mut self, data: &[u8]) {
         let stdin = self.stdin.as_mut().expect("stdin open");
         stdin.write_all(data).await.expect("write to the plugin");

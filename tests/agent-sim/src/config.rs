@@ -20,6 +20,9 @@ pub struct SimConfig {
     pub kms_key_id: Option<String>,
     /// Agent config `Kms.RequireKMSChallengeResponse` (default false in the agent).
     pub require_kms_challenge: bool,
+    /// Encrypt port sessions too when `kms_key_id` is set. The real agent never does; this lets
+    /// tests run the plugin's encryption over bulk port data.
+    pub kms_for_port_sessions: bool,
     /// `aws:ssm:TargetId` the agent puts in the KMS Decrypt context; `None` uses the target of
     /// StartSession (as on a real instance). Set it to another value to provoke a mismatch.
     pub agent_instance_id: Option<String>,
@@ -66,6 +69,7 @@ impl Default for SimConfig {
             tls: false,
             kms_key_id: None,
             require_kms_challenge: false,
+            kms_for_port_sessions: false,
             agent_instance_id: None,
             shell: "sh".into(),
             pty_start_delay: Duration::from_secs(1),

@@ -414,7 +414,7 @@ impl SessionBackend for SimBackend {
     fn kms_key_for(&self, session_id: &str) -> Option<String> {
         let s = self.shared.session(session_id)?;
         match s.kind {
-            Kind::Port { .. } => None,
+            Kind::Port { .. } if !s.cfg.kms_for_port_sessions => None,
             _ => s.kms_key.clone(),
         }
     }

@@ -27,7 +27,11 @@ async fn execute(dc: &Arc<DataChannel>) -> String {
     let sess = dc.sess.clone();
     let is_port = matches!(sess.kind, Kind::Port { .. });
     // isEncryptionEnabled: a KMS key and not Port.
-    let kms = if is_port { None } else { sess.kms_key.clone() };
+    let kms = if is_port && !sess.cfg.kms_for_port_sessions {
+        None
+    } else {
+        sess.kms_key.clone()
+    };
     // RequireHandshake is true for Port and NonInteractiveCommands only.
     let requires = matches!(sess.kind, Kind::Port { .. } | Kind::NonInteractive { .. });
     if requires || kms.is_some() {
