@@ -1,7 +1,7 @@
 #!/bin/sh
 # Measures port-forwarding throughput (upload and download, smux mode) with a release build,
 # against the in-process agent simulator: once with the service's limits on (agent read pacing
-# of 1 KiB + 1 ms, the relay's frame-rate limit, our default 950 frames/s budget) and once with
+# of 1 KiB + 1 ms, the relay's frame-rate limit, our default 900 frames/s budget) and once with
 # them all off. The reference plugin manages about 0.7 MB/s per direction against real AWS.
 #
 #   scripts/bench-port.sh                 # 16 MiB with limits, 64 MiB without

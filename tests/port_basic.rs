@@ -10,52 +10,9 @@ use port_common::*;
 const DOC: &str = "AWS-StartPortForwardingSession";
 const OLD_AGENT: &str = "3.0.196.0";
 
-async fn basic_transfer(limits: bool, mib: usize) {
-    let sim = sim(sim_config(limits, OLD_AGENT)).await;
-    let (dport, mut seen) = server("127.0.0.1", Behaviour::Echo).await;
-    let (st, req) = start(&sim, DOC, &[("portNumber", &dport.to_string())]);
-    let env = if limits {
-        vec![]
-    } else {
-        vec![("SESSION_MANAGER_PLUGIN_MAX_FRAME_RATE", "0".to_string())]
-    };
-    let mut p = Plugin::spawn(Launch {
-        started: &st,
-        request: &req,
-        env,
-        stdio: false,
-    });
-    let port = p.port(&st.session_id).await;
-    let len = mib * MIB;
-    let t0 = std::time::Instant::now();
-    echo_through(port, 9, len).await;
-    eprintln!(
-        "basic echo {mib} MiB each way (limits {limits}): {:.1}s",
-        t0.elapsed().as_secs_f64()
-    );
-    // The client closed: DisconnectToPort makes the agent close the destination connection.
-    let at = recv_seen(&mut seen, T).await;
-    assert_eq!((at.bytes, at.sha), (len, gen_hash(9, len)));
-    let stats = sim.stats(&st.session_id).unwrap();
-    assert_eq!(stats.port_mode, "basic");
-    assert_eq!(stats.pause_publication_sent, 0, "the service throttled us");
-    assert!(
-        p.child.try_wait().unwrap().is_none(),
-        "plugin still running"
-    );
-    p.signal(libc::SIGTERM);
-    assert!(p.wait(T).await.success());
-    sim.shutdown();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_echo_without_service_limits() {
-    basic_transfer(false, big_mib()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn echo_with_service_limits_keeps_the_session_alive() {
-    basic_transfer(true, limited_mib()).await;
+    basic_echo_session(false, big_mib()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

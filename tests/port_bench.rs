@@ -19,7 +19,7 @@ async fn measure(limits: bool, mib: usize) {
         vec![("SESSION_MANAGER_PLUGIN_MAX_FRAME_RATE", "0".to_string())]
     };
     let setting = if limits {
-        "service limits on (agent pacing, frame-rate limit; our default 950 frames/s)"
+        "service limits on (agent pacing, frame-rate limit; our default 900 frames/s)"
     } else {
         "service limits off (and our frame budget off)"
     };

@@ -11,63 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const DOC: &str = "AWS-StartPortForwardingSession";
 const AGENT: &str = "3.3.987.0";
 
-async fn big_transfer(limits: bool, mib: usize) {
-    let sim = sim(sim_config(limits, AGENT)).await;
-    let (dport, mut seen) = server("127.0.0.1", Behaviour::Echo).await;
-    let (st, req) = start(&sim, DOC, &[("portNumber", &dport.to_string())]);
-    let env = if limits {
-        vec![]
-    } else {
-        vec![("SESSION_MANAGER_PLUGIN_MAX_FRAME_RATE", "0".to_string())]
-    };
-    let mut p = Plugin::spawn(Launch {
-        started: &st,
-        request: &req,
-        env,
-        stdio: false,
-    });
-    let port = p.port(&st.session_id).await;
-    let len = mib * MIB;
-    let t0 = std::time::Instant::now();
-    echo_through(port, 7, len).await;
-    eprintln!(
-        "mux echo {mib} MiB each way (limits {limits}): {:.1}s",
-        t0.elapsed().as_secs_f64()
-    );
-    let at_dest = recv_seen(&mut seen, T).await;
-    assert_eq!((at_dest.bytes, at_dest.sha), (len, gen_hash(7, len)));
-    // The session is alive: no pause, no close, and a new connection still works.
-    let stats = sim.stats(&st.session_id).unwrap();
-    assert_eq!(stats.pause_publication_sent, 0, "the service throttled us");
-    assert_eq!(stats.port_mode, "mux");
-    assert!(
-        p.child.try_wait().unwrap().is_none(),
-        "plugin still running"
-    );
-    echo_through(port, 8, 10_000).await;
-    p.signal(libc::SIGINT);
-    let status = p.wait(T).await;
-    assert!(status.success(), "{status:?}");
-    let out = p.stdout.text();
-    assert!(
-        out.contains("Terminate signal received, exiting.\n"),
-        "{out:?}"
-    );
-    assert!(
-        sim.wait_ended(&st.session_id, T).await.is_some(),
-        "Ctrl-C ends the session at the agent"
-    );
-    sim.shutdown();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_echo_both_directions_without_service_limits() {
-    big_transfer(false, big_mib()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn echo_with_service_limits_keeps_the_session_alive() {
-    big_transfer(true, limited_mib()).await;
+    mux_echo_session(false, big_mib()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

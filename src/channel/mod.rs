@@ -95,8 +95,8 @@ pub struct FrameBudget {
 impl Default for FrameBudget {
     fn default() -> Self {
         Self {
-            per_second: 950,
-            burst: 100,
+            per_second: crate::config::DEFAULT_FRAME_RATE,
+            burst: crate::config::DEFAULT_FRAME_RATE / 50,
         }
     }
 }

@@ -18,20 +18,15 @@ use tokio::process::{Child, Command};
 pub const TARGET: &str = "i-0123456789abcdef0";
 pub const MIB: usize = 1024 * 1024;
 
-/// MiB per direction of the transfers with the service limits off: `PORT_TEST_MIB`, else 64 in
-/// release builds (`cargo test --release --test 'port_*'`) and 8 in debug builds, where the
-/// plugin, the simulator and the hashing all run unoptimised on the same cores.
+/// MiB per direction of the transfers with the service limits off: `PORT_TEST_MIB`, else 64.
 pub fn big_mib() -> usize {
-    env_mib("PORT_TEST_MIB", if cfg!(debug_assertions) { 8 } else { 64 })
+    env_mib("PORT_TEST_MIB", 64)
 }
 
-/// MiB per direction of the transfers with the service limits on (about 1 MB/s at best):
-/// `PORT_TEST_LIMITED_MIB`, else 16 in release builds and 4 in debug builds.
+/// MiB per direction of the transfers with the service limits on (about 0.5 MB/s down and
+/// 0.9 MB/s up at best): `PORT_TEST_LIMITED_MIB`, else 16.
 pub fn limited_mib() -> usize {
-    env_mib(
-        "PORT_TEST_LIMITED_MIB",
-        if cfg!(debug_assertions) { 4 } else { 16 },
-    )
+    env_mib("PORT_TEST_LIMITED_MIB", 16)
 }
 
 fn env_mib(k: &str, default: usize) -> usize {
@@ -518,4 +513,99 @@ pub async fn stalled_download(p: &Plugin, port: u16, seed: u64, len: usize, stal
     assert_eq!(n, len, "bytes after the stall");
     assert_eq!(got, gen_hash(seed, len), "bytes differ");
     took
+}
+
+pub const PORT_DOC: &str = "AWS-StartPortForwardingSession";
+/// The last agent that speaks basic port forwarding.
+pub const BASIC_AGENT: &str = "3.0.196.0";
+/// An agent with smux port forwarding.
+pub const MUX_AGENT: &str = "3.3.987.0";
+
+/// Echoes `mib` MiB each way through a basic-mode session, checks both ends and the session.
+pub async fn basic_echo_session(limits: bool, mib: usize) {
+    let sim = sim(sim_config(limits, BASIC_AGENT)).await;
+    let (dport, mut seen) = server("127.0.0.1", Behaviour::Echo).await;
+    let (st, req) = start(&sim, PORT_DOC, &[("portNumber", &dport.to_string())]);
+    let env = if limits {
+        vec![]
+    } else {
+        vec![("SESSION_MANAGER_PLUGIN_MAX_FRAME_RATE", "0".to_string())]
+    };
+    let mut p = Plugin::spawn(Launch {
+        started: &st,
+        request: &req,
+        env,
+        stdio: false,
+    });
+    let port = p.port(&st.session_id).await;
+    let len = mib * MIB;
+    let t0 = std::time::Instant::now();
+    echo_through(port, 9, len).await;
+    eprintln!(
+        "basic echo {mib} MiB each way (limits {limits}): {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+    // The client closed: DisconnectToPort makes the agent close the destination connection.
+    let at = recv_seen(&mut seen, T).await;
+    assert_eq!((at.bytes, at.sha), (len, gen_hash(9, len)));
+    let stats = sim.stats(&st.session_id).unwrap();
+    assert_eq!(stats.port_mode, "basic");
+    assert_eq!(stats.pause_publication_sent, 0, "the service throttled us");
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "plugin still running"
+    );
+    p.signal(libc::SIGTERM);
+    assert!(p.wait(T).await.success());
+    sim.shutdown();
+}
+
+/// Echoes `mib` MiB each way through an smux session, checks both ends and the session.
+pub async fn mux_echo_session(limits: bool, mib: usize) {
+    let sim = sim(sim_config(limits, MUX_AGENT)).await;
+    let (dport, mut seen) = server("127.0.0.1", Behaviour::Echo).await;
+    let (st, req) = start(&sim, PORT_DOC, &[("portNumber", &dport.to_string())]);
+    let env = if limits {
+        vec![]
+    } else {
+        vec![("SESSION_MANAGER_PLUGIN_MAX_FRAME_RATE", "0".to_string())]
+    };
+    let mut p = Plugin::spawn(Launch {
+        started: &st,
+        request: &req,
+        env,
+        stdio: false,
+    });
+    let port = p.port(&st.session_id).await;
+    let len = mib * MIB;
+    let t0 = std::time::Instant::now();
+    echo_through(port, 7, len).await;
+    eprintln!(
+        "mux echo {mib} MiB each way (limits {limits}): {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+    let at_dest = recv_seen(&mut seen, T).await;
+    assert_eq!((at_dest.bytes, at_dest.sha), (len, gen_hash(7, len)));
+    // The session is alive: no pause, no close, and a new connection still works.
+    let stats = sim.stats(&st.session_id).unwrap();
+    assert_eq!(stats.pause_publication_sent, 0, "the service throttled us");
+    assert_eq!(stats.port_mode, "mux");
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "plugin still running"
+    );
+    echo_through(port, 8, 10_000).await;
+    p.signal(libc::SIGINT);
+    let status = p.wait(T).await;
+    assert!(status.success(), "{status:?}");
+    let out = p.stdout.text();
+    assert!(
+        out.contains("Terminate signal received, exiting.\n"),
+        "{out:?}"
+    );
+    assert!(
+        sim.wait_ended(&st.session_id, T).await.is_some(),
+        "Ctrl-C ends the session at the agent"
+    );
+    sim.shutdown();
 }
