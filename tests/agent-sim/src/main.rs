@@ -25,6 +25,9 @@ struct Args {
     /// Refuse clients that do not acknowledge the KMS random challenge.
     #[arg(long)]
     require_kms_challenge: bool,
+    /// Encrypt port sessions too (the real agent never does; for testing a plugin's encryption).
+    #[arg(long)]
+    kms_for_port_sessions: bool,
     /// aws:ssm:TargetId in the agent's KMS context (default: the session's target).
     #[arg(long)]
     agent_instance_id: Option<String>,
@@ -139,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
         tls: a.tls,
         kms_key_id: a.kms_key_id,
         require_kms_challenge: a.require_kms_challenge,
+        kms_for_port_sessions: a.kms_for_port_sessions,
         agent_instance_id: a.agent_instance_id,
         shell: a.shell,
         pty_start_delay: Duration::from_millis(a.pty_start_delay_ms),
