@@ -75,3 +75,41 @@ async fn remote_close_ends_the_session_after_all_output() {
     assert!(p.stderr.text().contains("Exiting session with sessionId"));
     sim.shutdown();
 }
+
+/// Stdin ends with much still to send (a low frame budget keeps ~10 s of data queued): the
+/// plugin waits while the agent keeps acknowledging, instead of a fixed 5 s, so nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_tail_after_stdin_eof_is_delivered_whole() {
+    let sim = sim(sim_config(true, AGENT)).await;
+    let (dport, _seen) = server("127.0.0.1", Behaviour::Sink).await;
+    let (st, req) = start(&sim, DOC, &[("portNumber", &dport.to_string())]);
+    let mut l = launch(&st, &req);
+    l.env
+        .push(("SESSION_MANAGER_PLUGIN_MAX_FRAME_RATE", "200".to_string()));
+    let mut p = Plugin::spawn(l);
+    let mut stdin = p.child.stdin.take().unwrap();
+    let _stdout = p.child.stdout.take().unwrap();
+    let len = 2 * MIB;
+    let t0 = std::time::Instant::now();
+    write_gen(&mut stdin, 47, len).await;
+    drop(stdin);
+    let status = p.wait(T * 2).await;
+    eprintln!("2 MiB at 200 messages/s: exit after {:.1}s", t0.elapsed().as_secs_f64());
+    assert!(status.success(), "{status:?}; stderr {:?}", p.stderr.text());
+    assert!(
+        !p.stderr.text().contains("did not acknowledge"),
+        "{}",
+        p.stderr.text()
+    );
+    // Acknowledged means written to the destination; allow the counter a moment.
+    let mut to_dest = 0;
+    for _ in 0..50 {
+        to_dest = sim.stats(&st.session_id).unwrap().bytes_to_destination;
+        if to_dest >= len as u64 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(to_dest, len as u64);
+    sim.shutdown();
+}

@@ -30,7 +30,7 @@ use handshake::SessionKind;
 
 /// How long we wait for the agent to tell us the session type (the reference waits forever).
 pub const SESSION_TYPE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long we wait, on a local exit, for the agent to acknowledge what we sent last.
+/// How long we wait, on a local exit, for the agent to acknowledge more of what we sent last.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// After a failed write, how long the reader gets to deliver what is already received.
 const WRITE_FAILURE_GRACE: Duration = Duration::from_secs(1);
@@ -432,6 +432,8 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
     let mut terminating: Option<JoinHandle<()>> = None;
     // The connection went away while we were ending: stop waiting for acks.
     let mut drain_abandoned = false;
+    // Messages the agent had acknowledged when the drain last made progress.
+    let mut drain_acked = 0u64;
 
     loop {
         let now = Instant::now();
@@ -531,8 +533,16 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
                 }
             }
         }
-        // 3. A local end completes once the agent has everything (bounded).
-        if let Some((how, since)) = finishing {
+        // 3. A local end completes once the agent has everything: bounded by DRAIN_TIMEOUT
+        // without progress, so a long tail of data (an upload at the frame budget) is not cut
+        // short while the agent keeps acknowledging it.
+        if let Some((how, mut since)) = finishing {
+            let acked = ch.stats().acked;
+            if acked != drain_acked {
+                drain_acked = acked;
+                since = since.max(now);
+                finishing = Some((how, since));
+            }
             let idle = ch.is_idle() && held.is_empty();
             if idle || drain_abandoned || now >= since + DRAIN_TIMEOUT {
                 if !idle && !(drain_abandoned && how == Finish::Terminate) {
