@@ -78,7 +78,11 @@ async fn a_shell_survives_three_cuts_and_the_hourly_bye() {
     check_state(&mut p, 5).await;
 
     p.write(b"exit\n").await;
-    let out = p.finish(LIMIT).await;
+    let out = p
+        .finish_with(LIMIT, || {
+            format!("--- simulator\n{:?}", world.sim.stats(&id))
+        })
+        .await;
     assert!(out.status.success(), "{out}");
     let seq: Vec<u64> = numbers(&out.stdout)
         .into_iter()

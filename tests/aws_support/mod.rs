@@ -312,16 +312,26 @@ impl Running {
     }
 
     /// Closes stdin (EOF) and waits, bounded, for the exit.
-    pub async fn finish(mut self, limit: Duration) -> Finished {
+    pub async fn finish(self, limit: Duration) -> Finished {
+        self.finish_with(limit, String::new).await
+    }
+
+    /// As `finish`; `context` adds to the failure message (the simulator's view, say).
+    pub async fn finish_with(
+        mut self,
+        limit: Duration,
+        context: impl FnOnce() -> String,
+    ) -> Finished {
         drop(self.stdin.take());
         let status = tokio::time::timeout(limit, self.child.wait())
             .await
             .unwrap_or_else(|_| {
                 panic!(
-                    "the plugin did not exit within {limit:?}\n--- stdout\n{}\n--- stderr\n{}\n{}",
+                    "the plugin did not exit within {limit:?}\n--- stdout\n{}\n--- stderr\n{}\n{}\n{}",
                     self.stdout(),
                     self.stderr(),
-                    self.log_tail()
+                    self.log_tail(),
+                    context()
                 )
             })
             .expect("wait for the plugin");
