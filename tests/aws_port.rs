@@ -101,7 +101,10 @@ async fn transfer_through_cuts(agent_version: &str) {
     let mut sent = vec![0u8; len];
     Gen::new(seed).fill(&mut sent);
     if let Some(at) = back.iter().zip(&sent).position(|(a, b)| a != b) {
-        panic!("the echo differs from byte {at} on ({} of {len} bytes back)", back.len());
+        panic!(
+            "the echo differs from byte {at} on ({} of {len} bytes back)",
+            back.len()
+        );
     }
     assert_eq!(back.len(), len, "bytes back (those received are right)");
     let mut w = writer.await.unwrap();
@@ -152,10 +155,18 @@ async fn an_encrypted_port_session_is_byte_exact() {
     let started = world.start_session(TARGET, Some(DOC), &[("portNumber", &dport.to_string())]);
     let id = started.session_id.clone();
     let home = Home::with_keys("default", KEY, SECRET);
-    let p = Running::spawn(plugin(&world, &started, &home, "", TARGET, &world.api.url()));
+    let p = Running::spawn(plugin(
+        &world,
+        &started,
+        &home,
+        "",
+        TARGET,
+        &world.api.url(),
+    ));
     let port = p.port(&id, STEP).await;
     assert!(
-        p.stdout().contains("This session is encrypted using AWS KMS."),
+        p.stdout()
+            .contains("This session is encrypted using AWS KMS."),
         "{}",
         p.stdout()
     );
@@ -164,7 +175,10 @@ async fn an_encrypted_port_session_is_byte_exact() {
     echo_through(port, 6, MIB).await;
     let calls = world.calls("GenerateDataKey");
     assert_eq!(calls.len(), 1, "one data key per session");
-    assert_eq!(calls[0].body["EncryptionContext"]["aws:ssm:SessionId"], id.as_str());
+    assert_eq!(
+        calls[0].body["EncryptionContext"]["aws:ssm:SessionId"],
+        id.as_str()
+    );
     p.signal(libc::SIGTERM);
     let out = p.finish(LIMIT).await;
     assert!(out.status.success(), "{out}");

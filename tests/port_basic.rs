@@ -69,7 +69,10 @@ async fn a_stalled_local_reader_gets_everything_and_the_session_goes_on() {
     });
     let port = p.port(&st.session_id).await;
     stalled_download(&p, port, 33, len, Duration::from_secs(8)).await;
-    assert!(p.child.try_wait().unwrap().is_none(), "plugin still running");
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "plugin still running"
+    );
     p.signal(libc::SIGTERM);
     assert!(p.wait(T).await.success());
     sim.shutdown();

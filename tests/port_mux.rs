@@ -249,10 +249,15 @@ async fn a_stalled_local_reader_gets_everything_and_the_session_goes_on() {
     stalled_download(&p, port, 31, len, Duration::from_secs(8)).await;
     // Still one healthy session: a new connection gets its own stream from the start.
     let mut again = connect("127.0.0.1", port).await;
-    let (n, got) = tokio::time::timeout(T, read_hash(&mut again, MIB)).await.expect("second read");
+    let (n, got) = tokio::time::timeout(T, read_hash(&mut again, MIB))
+        .await
+        .expect("second read");
     assert_eq!((n, got), (MIB, gen_hash(31, MIB)));
     drop(again);
-    assert!(p.child.try_wait().unwrap().is_none(), "plugin still running");
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "plugin still running"
+    );
     p.signal(libc::SIGTERM);
     assert!(p.wait(T).await.success());
     sim.shutdown();

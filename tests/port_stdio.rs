@@ -94,7 +94,10 @@ async fn a_long_tail_after_stdin_eof_is_delivered_whole() {
     write_gen(&mut stdin, 47, len).await;
     drop(stdin);
     let status = p.wait(T * 2).await;
-    eprintln!("2 MiB at 200 messages/s: exit after {:.1}s", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "2 MiB at 200 messages/s: exit after {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
     assert!(status.success(), "{status:?}; stderr {:?}", p.stderr.text());
     assert!(
         !p.stderr.text().contains("did not acknowledge"),

@@ -645,10 +645,8 @@ impl Channel {
     fn update_clock(&mut self) {
         // While our delivery queue is full the caller stops reading the transport, so the
         // agent's acks cannot reach us either: that time must not count towards giving up.
-        let running = self.state == State::Open
-            && self.connected
-            && !self.paused
-            && !self.inc.is_full();
+        let running =
+            self.state == State::Open && self.connected && !self.paused && !self.inc.is_full();
         self.clock.set_running(self.now, running);
     }
 

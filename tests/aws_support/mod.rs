@@ -255,7 +255,11 @@ impl Running {
         let text = std::fs::read_to_string(path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let from = lines.len().saturating_sub(80);
-        format!("--- plugin log {} (tail)\n{}", path.display(), lines[from..].join("\n"))
+        format!(
+            "--- plugin log {} (tail)\n{}",
+            path.display(),
+            lines[from..].join("\n")
+        )
     }
 
     /// Sends a signal to the plugin.

@@ -73,7 +73,11 @@ pub fn start(sim: &SimHandle, doc: &str, params: &[(&str, &str)]) -> (Started, S
 
 /// What the plugin printed on stdout so far, shared with the reading task.
 #[derive(Clone, Default)]
-pub struct Output(Arc<Mutex<String>>, Arc<tokio::sync::Notify>, Arc<AtomicBool>);
+pub struct Output(
+    Arc<Mutex<String>>,
+    Arc<tokio::sync::Notify>,
+    Arc<AtomicBool>,
+);
 
 impl Output {
     pub fn text(&self) -> String {
@@ -245,7 +249,11 @@ impl Plugin {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let from = lines.len().saturating_sub(60);
-        format!("--- plugin log {} (tail)\n{}", self.log.display(), lines[from..].join("\n"))
+        format!(
+            "--- plugin log {} (tail)\n{}",
+            self.log.display(),
+            lines[from..].join("\n")
+        )
     }
 
     /// Resident memory of the plugin in KiB (Linux).
@@ -493,13 +501,22 @@ pub fn socket_path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
 /// reads everything. Checks the bytes, that the plugin's memory stayed bounded during the stall,
 /// and returns how long the read took once resumed (the download must not collapse to the
 /// agent's one-resend-per-timeout pace after a stall).
-pub async fn stalled_download(p: &Plugin, port: u16, seed: u64, len: usize, stall: Duration) -> Duration {
+pub async fn stalled_download(
+    p: &Plugin,
+    port: u16,
+    seed: u64,
+    len: usize,
+    stall: Duration,
+) -> Duration {
     let base = p.rss_kib();
     let mut s = connect("127.0.0.1", port).await;
     tokio::time::sleep(stall).await;
     let rss = p.rss_kib();
     eprintln!("local reader stalled {stall:?}: rss {base} -> {rss} KiB");
-    assert!(rss < base + 48 * 1024, "rss grew from {base} to {rss} KiB during the stall");
+    assert!(
+        rss < base + 48 * 1024,
+        "rss grew from {base} to {rss} KiB during the stall"
+    );
     let t0 = std::time::Instant::now();
     let (n, got) = tokio::time::timeout(Duration::from_secs(300), read_hash(&mut s, len))
         .await

@@ -352,7 +352,8 @@ fn on_disconnect(sess: &Arc<Session>, conn_id: u64) {
         let still_gone = lock(&sess.link).disconnected_at == Some(at);
         if still_gone && !sess.is_ended() {
             tracing::info!(session = %sess.id, "resume window over; terminating");
-            sess.abandoned.store(true, std::sync::atomic::Ordering::SeqCst);
+            sess.abandoned
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             let _ = sess.agent_tx.send(AgentInput::Terminate).await;
         }
     });
