@@ -90,11 +90,8 @@ impl Env {
     pub fn channel_config(&self) -> channel::Config {
         let mut c = channel::Config::default();
         c.give_up_after = self.give_up;
-        c.frame_budget = (self.frame_rate > 0).then(|| channel::FrameBudget {
-            per_second: self.frame_rate,
-            // A small burst (20 ms worth): a late timer must not release a bunch of frames.
-            burst: (self.frame_rate / 50).max(1),
-        });
+        c.frame_budget =
+            (self.frame_rate > 0).then(|| channel::FrameBudget::per_second(self.frame_rate));
         c.seed = rand::random();
         c
     }

@@ -92,12 +92,19 @@ pub struct FrameBudget {
     pub burst: u32,
 }
 
+impl FrameBudget {
+    /// `per_second` frames with a 20 ms burst: a late timer must not release a bunch of frames.
+    pub fn per_second(per_second: u32) -> Self {
+        Self {
+            per_second,
+            burst: (per_second / 50).max(1),
+        }
+    }
+}
+
 impl Default for FrameBudget {
     fn default() -> Self {
-        Self {
-            per_second: crate::config::DEFAULT_FRAME_RATE,
-            burst: crate::config::DEFAULT_FRAME_RATE / 50,
-        }
+        Self::per_second(crate::config::DEFAULT_FRAME_RATE)
     }
 }
 

@@ -587,7 +587,8 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
             (Phase::Running { tx, .. }, Some(_)) => Some(tx.clone()),
             _ => None,
         };
-        let writer_room = link.tx.clone();
+        // Room in the websocket writer's queue wakes us when step 1 had to stop.
+        let writer_room = (writer_full && !link_dead).then(|| link.tx.clone());
         tokio::select! {
             input = link.rx.recv(), if !link_dead && ch.wants_input() => {
                 let lost = match input {
@@ -634,12 +635,7 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
                             if !idle && terminating.is_none() {
                                 // The flag may not have reached the agent: end the session
                                 // through the API instead.
-                                let aws = settings.aws.clone();
-                                terminating = Some(tokio::spawn(async move {
-                                    if let Err(e) = aws.terminate_session(TERMINATE_API_TIMEOUT).await {
-                                        tracing::warn!("{e}");
-                                    }
-                                }));
+                                terminating = Some(spawn_terminate(&settings));
                             }
                             tracing::info!("connection lost while ending the session ({reason}); not resuming");
                             link_dead = true;
@@ -682,7 +678,7 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
                 }
                 ch.handle_timeout(now.into_std());
             }
-            _ = writer_room.reserve(), if writer_full && !link_dead => {}
+            _ = reserve(writer_room), if writer_full && !link_dead => {}
             permit = reserve(stash_tx), if stash.is_some() => {
                 if let (Some(permit), Some(msg)) = (permit, stash.take()) {
                     permit.send(msg);
@@ -714,13 +710,7 @@ pub async fn run(settings: Settings) -> Result<Ended, SessionError> {
                                 // Agents without the flag (and sessions whose agent sent no
                                 // handshake) are ended with the TerminateSession API, as the
                                 // reference does for old agents.
-                                let aws = settings.aws.clone();
-                                terminating = Some(tokio::spawn(async move {
-                                    match aws.terminate_session(TERMINATE_API_TIMEOUT).await {
-                                        Ok(()) => tracing::debug!("TerminateSession done"),
-                                        Err(e) => tracing::warn!("{e}"),
-                                    }
-                                }));
+                                terminating = Some(spawn_terminate(&settings));
                             }
                         }
                         finishing = Some((how, Instant::now()));
@@ -753,6 +743,17 @@ fn notice(text: &str) {
     let _ = e.flush();
 }
 
+/// Starts the TerminateSession API call (bounded; a failure is only logged).
+fn spawn_terminate(settings: &Settings) -> JoinHandle<()> {
+    let aws = settings.aws.clone();
+    tokio::spawn(async move {
+        match aws.terminate_session(TERMINATE_API_TIMEOUT).await {
+            Ok(()) => tracing::debug!("TerminateSession done"),
+            Err(e) => tracing::warn!("{e}"),
+        }
+    })
+}
+
 /// Waits (bounded) for a TerminateSession API call started on the way out.
 async fn finish_terminate(terminating: Option<JoinHandle<()>>) {
     if let Some(t) = terminating {
@@ -761,7 +762,7 @@ async fn finish_terminate(terminating: Option<JoinHandle<()>>) {
 }
 
 /// Waits for room in a handler's queue.
-async fn reserve(tx: Option<mpsc::Sender<FromAgent>>) -> Option<mpsc::OwnedPermit<FromAgent>> {
+async fn reserve<T>(tx: Option<mpsc::Sender<T>>) -> Option<mpsc::OwnedPermit<T>> {
     match tx {
         Some(tx) => tx.reserve_owned().await.ok(),
         None => std::future::pending().await,
