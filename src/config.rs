@@ -29,12 +29,12 @@ pub const ENV_BIND_ADDRESS_AWS: &str = "SSM_PLUGIN_LOCAL_HOST";
 /// giving up (default 120).
 pub const ENV_RECONNECT_TIMEOUT: &str = "SESSION_MANAGER_PLUGIN_RECONNECT_TIMEOUT";
 
+/// Default for how long we try to resume a lost connection ([`ENV_RECONNECT_TIMEOUT`]).
+pub const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// The agent's StreamDataPayloadSize.
 pub const DEFAULT_PAYLOAD_SIZE: usize = 1024;
-/// Under the ~1000 frames/s users report the service tolerates, with a 10% margin: the service
-/// counts frames as they arrive, and network or CPU jitter bunches them (at 950/s with a 95-frame
-/// burst, two busy seconds in a row were enough to get a session closed in our tests).
-pub const DEFAULT_FRAME_RATE: u32 = 900;
+pub use crate::channel::DEFAULT_FRAME_RATE;
 
 /// Values read once at start.
 #[derive(Debug, Clone)]
@@ -75,7 +75,7 @@ impl Env {
                 .map_or(DEFAULT_PAYLOAD_SIZE, |v| (v as usize).clamp(64, 64 * 1024)),
             give_up: Duration::from_secs(num(ENV_GIVE_UP).unwrap_or(300).max(5)),
             reconnect_timeout: num(ENV_RECONNECT_TIMEOUT)
-                .map_or(crate::session::DEFAULT_RECONNECT_TIMEOUT, |v| {
+                .map_or(DEFAULT_RECONNECT_TIMEOUT, |v| {
                     Duration::from_secs(v.clamp(1, 24 * 3600))
                 }),
             bind_address: [ENV_BIND_ADDRESS, ENV_BIND_ADDRESS_AWS]

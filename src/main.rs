@@ -1,31 +1,15 @@
-//! `session-manager-plugin` entry point: every exit status is decided here, in one place.
+//! `session-manager-plugin` entry point: parses argv, runs the session, and maps how it ended
+//! to the process status through the one table in [`ssm_plugin::exit`].
 
 use std::ffi::OsString;
 use std::process::ExitCode;
 
 use ssm_plugin::cli::{self, CliError, Invocation};
-use ssm_plugin::session::{self, Ended, SessionError, Settings, Ui};
-use ssm_plugin::{channel, config, transport};
-
-/// Exit statuses (documented in README.md, "Exit codes").
-mod exit {
-    /// Session ended normally.
-    pub const OK: u8 = 0;
-    /// The service closed the session with an error message.
-    pub const CLOSED_WITH_ERROR: u8 = 1;
-    /// Wrong arguments or an unusable session response (sysexits EX_USAGE).
-    pub const USAGE: u8 = 64;
-    /// The service could not be reached, or the connection was lost for good (EX_UNAVAILABLE).
-    pub const UNAVAILABLE: u8 = 69;
-    /// An internal error (EX_SOFTWARE).
-    pub const SOFTWARE: u8 = 70;
-    /// A local I/O error: terminal, socket, file (EX_IOERR).
-    pub const IO: u8 = 74;
-    /// The agent or service broke the protocol, or the handshake failed (EX_PROTOCOL).
-    pub const PROTOCOL: u8 = 76;
-    /// Encryption (KMS) was refused or failed (EX_NOPERM).
-    pub const NOPERM: u8 = 77;
-}
+use ssm_plugin::exit::Exit;
+use ssm_plugin::session::core::{Outcome, Report};
+use ssm_plugin::session::{self, Settings};
+use ssm_plugin::ui::Ui;
+use ssm_plugin::{config, transport};
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -38,22 +22,23 @@ fn main() -> ExitCode {
     match invocation {
         Ok(Invocation::Banner) => {
             print!("{}", cli::INSTALLED_BANNER);
-            ExitCode::from(exit::OK)
+            ExitCode::from(Exit::Normal.code())
         }
         Ok(Invocation::Version) => {
             println!("{}", cli::WIRE_VERSION);
-            ExitCode::from(exit::OK)
+            ExitCode::from(Exit::Normal.code())
         }
         Ok(Invocation::Help) => {
             print!("{}", cli::help_text());
-            ExitCode::from(exit::OK)
+            ExitCode::from(Exit::Normal.code())
         }
         Err(e) => {
             eprintln!("{e}");
-            ExitCode::from(match e {
-                CliError::UnknownOperation(_) | CliError::InvalidOperation => exit::USAGE,
-                CliError::StartSession(_) => exit::USAGE,
-            })
+            let exit = match e {
+                CliError::UnknownOperation(_) | CliError::InvalidOperation => Exit::Usage,
+                CliError::StartSession(_) => Exit::Usage,
+            };
+            ExitCode::from(exit.code())
         }
         Ok(Invocation::Session(args)) => run_session(*args),
     }
@@ -72,7 +57,7 @@ fn run_session(args: cli::SessionArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("Cannot perform start session: cannot start the runtime: {e}");
-            return ExitCode::from(exit::SOFTWARE);
+            return ExitCode::from(Exit::Software.code());
         }
     };
     let session_id = args.response.session_id.clone();
@@ -92,6 +77,7 @@ fn run_session(args: cli::SessionArgs) -> ExitCode {
         max_payload: settings_env.payload_size,
         aws: ssm_plugin::aws::Aws::new(&args),
         reconnect_timeout: settings_env.reconnect_timeout,
+        bind_address: settings_env.bind_address.clone(),
         args,
     };
     let result = runtime.block_on(session::run(settings));
@@ -100,45 +86,23 @@ fn run_session(args: cli::SessionArgs) -> ExitCode {
     session::shell::restore_terminal();
     // Background tasks (stdin readers) must not keep the process alive.
     runtime.shutdown_background();
-    match result {
-        Ok(Ended::Closed { output, exit_code }) => {
-            if output.is_empty() {
-                ui.status(&format!(
-                    "\n\nExiting session with sessionId: {session_id}.\n\n"
-                ));
-                ExitCode::from(exit_code.map_or(exit::OK, clamp_status))
-            } else {
-                ui.status(&format!("\n\nSessionId: {session_id} : {output}\n\n"));
-                ExitCode::from(exit_code.map_or(exit::CLOSED_WITH_ERROR, clamp_status))
-            }
-        }
-        Ok(Ended::Local { code }) => {
-            ui.status(&format!(
-                "\n\nExiting session with sessionId: {session_id}.\n\n"
-            ));
-            ExitCode::from(code.map_or(exit::OK, clamp_status))
-        }
-        Err(SessionError::SessionExpired(text)) => {
-            // The reference's own words when ResumeSession says the session is over.
-            eprintln!("\n{text}\n");
-            ExitCode::from(exit::UNAVAILABLE)
-        }
-        Err(e) => {
-            eprintln!("\nCannot perform start session: {e}\n");
-            ExitCode::from(match e {
-                SessionError::Connect(_)
-                | SessionError::ConnectionLost(_)
-                | SessionError::SessionExpired(_) => exit::UNAVAILABLE,
-                SessionError::Channel(channel::Error::TimedOut { .. }) => exit::UNAVAILABLE,
-                SessionError::Channel(_) | SessionError::Protocol(_) => exit::PROTOCOL,
-                SessionError::Encryption(_) => exit::NOPERM,
-                SessionError::Io(_) => exit::IO,
-            })
-        }
-    }
+    report(ui, &session_id, &result);
+    ExitCode::from(result.exit.code())
 }
 
-/// Exit statuses are 8 bits; a remote status outside 0..=255 is reported as the shell would.
-fn clamp_status(code: i32) -> u8 {
-    (code & 0xff) as u8
+/// Prints how the session ended, as AWS's plugin does where scripts read it.
+fn report(ui: Ui, session_id: &str, outcome: &Outcome) {
+    match &outcome.report {
+        Report::Exiting => ui.status(&format!(
+            "\n\nExiting session with sessionId: {session_id}.\n\n"
+        )),
+        Report::ServiceMessage(output) => {
+            ui.status(&format!("\n\nSessionId: {session_id} : {output}\n\n"))
+        }
+        Report::Error(text) => eprintln!("\nCannot perform start session: {text}\n"),
+        // The reference's own words when ResumeSession says the session is over, or a
+        // handler's complete message.
+        Report::Plain(text) => eprintln!("\n{}\n", text.trim_matches('\n')),
+        Report::Quiet => {}
+    }
 }

@@ -32,16 +32,23 @@ pub const KMS_TIMEOUT: Duration = Duration::from_secs(12);
 /// Upper bound on one ResumeSession or TerminateSession call (credentials included).
 pub const SSM_CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Why ResumeSession did not give us a new token.
+/// Why a ResumeSession call (or the websocket after it) failed, as observed; the machine sorts
+/// it into final or worth retrying (`session::core::classify_resume`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ResumeError {
-    /// The service answered without a token: the session is over (the reference prints
-    /// `Session: <id> timed out.`).
+pub enum ResumeFailure {
+    /// The service answered without a token: the session is over.
     Expired,
-    /// The session cannot be resumed, whatever we retry (it does not exist).
-    Fatal(String),
-    /// Worth retrying (network, throttling, credentials that may be refreshed meanwhile).
-    Retry(String),
+    /// The service answered with an error.
+    Service {
+        /// HTTP status, when known.
+        status: Option<u16>,
+        /// The error code (`DoesNotExistException`, `ThrottlingException`, ...).
+        code: Option<String>,
+        /// The whole message for the user.
+        message: String,
+    },
+    /// No answer: network, timeout, credentials not resolvable right now, the new websocket.
+    Network(String),
 }
 
 /// What ResumeSession returned.
@@ -320,12 +327,12 @@ impl Aws {
 
     /// SSM ResumeSession, with credentials resolved afresh (the hourly reconnect often happens
     /// after the original ones expired). Bounded by [`SSM_CALL_TIMEOUT`].
-    pub async fn resume_session(&self) -> Result<Resumed, ResumeError> {
+    pub async fn resume_session(&self) -> Result<Resumed, ResumeFailure> {
         let work = async {
             let (client, creds, _region) = self
                 .ssm_client(CREDENTIALS_TIMEOUT.min(SSM_CALL_TIMEOUT))
                 .await
-                .map_err(ResumeError::Retry)?;
+                .map_err(ResumeFailure::Network)?;
             tracing::debug!(
                 session = %self.session_id,
                 access_key_id = creds.access_key_id(),
@@ -337,16 +344,19 @@ impl Aws {
                 .send()
                 .await
                 .map_err(|e| {
-                    let text = format!("ResumeSession failed: {}", describe_sdk_error(&e));
-                    match e.code() {
-                        Some("DoesNotExistException") | Some("ValidationException") => {
-                            ResumeError::Fatal(text)
-                        }
-                        _ => ResumeError::Retry(text),
+                    let message = format!("ResumeSession failed: {}", describe_sdk_error(&e));
+                    match e.raw_response() {
+                        // The service answered: the session machine sorts it by status and code.
+                        Some(raw) => ResumeFailure::Service {
+                            status: Some(raw.status().as_u16()),
+                            code: e.code().map(str::to_owned),
+                            message,
+                        },
+                        None => ResumeFailure::Network(message),
                     }
                 })?;
             match out.token_value().filter(|t| !t.is_empty()) {
-                None => Err(ResumeError::Expired),
+                None => Err(ResumeFailure::Expired),
                 Some(t) => Ok(Resumed {
                     token: Secret::new(t),
                     stream_url: out
@@ -360,7 +370,7 @@ impl Aws {
         tokio::time::timeout(SSM_CALL_TIMEOUT, work)
             .await
             .unwrap_or_else(|_| {
-                Err(ResumeError::Retry(format!(
+                Err(ResumeFailure::Network(format!(
                     "ResumeSession did not answer within {} s",
                     SSM_CALL_TIMEOUT.as_secs()
                 )))

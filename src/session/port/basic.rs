@@ -14,9 +14,9 @@ use tokio::sync::mpsc;
 
 use super::conn::{self, AbortOnDrop, ConnId, ReadEvent, WriteCmd, WriterDone};
 use super::listen::Listener;
-use super::{finish, Interrupts, CONNECT_ERROR_LINE, TERMINATE_LINE};
+use super::CONNECT_ERROR_LINE;
 use crate::channel::Priority;
-use crate::session::{Finish, FromAgent, HandlerContext, HandlerExit, ToAgent};
+use crate::session::{FromAgent, HandlerContext, HandlerExit, ToAgent};
 use crate::wire::{FlagValue, PayloadType};
 
 /// Agent payloads held for the first client, at most.
@@ -31,11 +31,7 @@ struct Active {
 }
 
 /// Runs until the session ends.
-pub async fn run(
-    mut ctx: HandlerContext,
-    mut signals: Interrupts,
-    listener: Listener,
-) -> HandlerExit {
+pub async fn run(mut ctx: HandlerContext, listener: Listener) -> HandlerExit {
     let sid = ctx.session_id.clone();
     ctx.ui.status(&format!("{}\n", listener.opened_line(&sid)));
     let (read_tx, mut read_rx) = mpsc::channel::<ReadEvent>(4);
@@ -70,9 +66,8 @@ pub async fn run(
             pending.clear();
         }
         let take_agent = blocked.is_none() && pending.len() < HELD_MAX;
-        let mut stop = None;
+        let mut stop = false;
         tokio::select! {
-            _ = signals.recv() => stop = Some(true),
             accepted = listener.accept(), if active.is_none() => match accepted {
                 Ok(c) => {
                     tracing::debug!(peer = %c.peer, "connection accepted");
@@ -142,19 +137,11 @@ pub async fn run(
                     }
                 }
                 Some(FromAgent::Message { .. }) => {}
-                Some(FromAgent::End) | None => stop = Some(false),
+                None => stop = true,
             },
         }
-        match stop {
-            None => {}
-            Some(false) => return HandlerExit::default(),
-            Some(true) => {
-                ctx.ui.status(TERMINATE_LINE);
-                drop(active.take());
-                drop(listener);
-                finish(&mut ctx, Finish::Terminate).await;
-                return HandlerExit::default();
-            }
+        if stop {
+            return HandlerExit::Done;
         }
     }
 }

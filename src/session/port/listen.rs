@@ -34,6 +34,25 @@ pub struct Listener {
     kind: Kind,
 }
 
+/// Why a listener could not be opened: the user's setting is unusable, or the system said no.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// A bind address that is no address (exit 64).
+    #[error("{0}")]
+    Usage(String),
+    /// Binding failed: the port is taken, no permission (exit 74).
+    #[error("{0}")]
+    Io(String),
+}
+
+impl OpenError {
+    /// Whether the message mentions `s` (tests).
+    #[cfg(test)]
+    fn contains(&self, s: &str) -> bool {
+        self.to_string().contains(s)
+    }
+}
+
 enum Kind {
     Tcp {
         listeners: Vec<TcpListener>,
@@ -47,17 +66,17 @@ enum Kind {
 
 impl Listener {
     /// Binds `endpoint`. `bind` is the user's bind address or host name (None: loopback).
-    pub async fn open(endpoint: &Endpoint, bind: Option<&str>) -> Result<Self, String> {
+    pub async fn open(endpoint: &Endpoint, bind: Option<&str>) -> Result<Self, OpenError> {
         match endpoint {
             Endpoint::Tcp(port) => {
-                let addrs = bind_addresses(bind).await?;
-                let (listeners, port) = bind_tcp(&addrs, *port)?;
+                let addrs = bind_addresses(bind).await.map_err(OpenError::Usage)?;
+                let (listeners, port) = bind_tcp(&addrs, *port).map_err(OpenError::Io)?;
                 Ok(Self {
                     kind: Kind::Tcp { listeners, port },
                 })
             }
             Endpoint::Unix(path) => {
-                let (listener, file) = bind_unix(path)?;
+                let (listener, file) = bind_unix(path).map_err(OpenError::Io)?;
                 Ok(Self {
                     kind: Kind::Unix { listener, file },
                 })

@@ -18,9 +18,10 @@ use tokio::sync::mpsc;
 
 use super::conn::{self, AbortOnDrop, ConnId, ReadEvent, WriteCmd, WriterDone};
 use super::listen::Listener;
-use super::{finish, Interrupts, CONNECT_ERROR_LINE, EXIT_PROTOCOL, TERMINATE_LINE};
+use super::CONNECT_ERROR_LINE;
 use crate::channel::Priority;
-use crate::session::{Finish, FromAgent, HandlerContext, HandlerExit, ToAgent};
+use crate::exit::Exit;
+use crate::session::{FromAgent, HandlerContext, HandlerExit, ToAgent};
 use crate::smux::{KeepAlive, Mux, MuxConfig, MuxEvent, Role, DEFAULT_MAX_FRAME_SIZE};
 use crate::wire::{FlagValue, PayloadType};
 
@@ -141,7 +142,6 @@ impl State {
 /// Runs until the session ends.
 pub async fn run(
     mut ctx: HandlerContext,
-    mut signals: Interrupts,
     listener: Listener,
     keep_alive: Option<KeepAlive>,
 ) -> HandlerExit {
@@ -172,7 +172,6 @@ pub async fn run(
         let mux_deadline = st.mux.poll_timeout().map(tokio::time::Instant::from_std);
         let mut stop: Option<Stop> = None;
         tokio::select! {
-            _ = signals.recv() => stop = Some(Stop::Signal),
             permit = ctx.to_agent.reserve(), if !st.out.is_empty() => {
                 let Ok(permit) = permit else { continue };
                 if st.out.len() < max {
@@ -213,7 +212,7 @@ pub async fn run(
                     }
                 }
                 Some(FromAgent::Message { .. }) => {}
-                Some(FromAgent::End) | None => stop = Some(Stop::Ended),
+                None => stop = Some(Stop::Ended),
             },
             accepted = listener.accept() => match accepted {
                 Ok(c) => {
@@ -248,23 +247,15 @@ pub async fn run(
         }
         match stop {
             None => {}
-            Some(Stop::Ended) => return HandlerExit::default(),
-            Some(Stop::Signal) => {
-                ctx.ui.status(TERMINATE_LINE);
-                drop(st);
-                drop(listener);
-                finish(&mut ctx, Finish::Terminate).await;
-                return HandlerExit::default();
-            }
+            Some(Stop::Ended) => return HandlerExit::Done,
             Some(Stop::Failed(why)) => {
                 drop(st);
                 drop(listener);
-                ctx.ui.warn(&format!(
-                    "\nThe port forwarding session cannot continue: {why}. Start a new session.\n"
-                ));
-                finish(&mut ctx, Finish::Terminate).await;
-                return HandlerExit {
-                    code: Some(EXIT_PROTOCOL),
+                return HandlerExit::Failed {
+                    exit: Exit::Protocol,
+                    message: format!(
+                        "\nThe port forwarding session cannot continue: {why}. Start a new session.\n"
+                    ),
                 };
             }
         }
@@ -272,7 +263,6 @@ pub async fn run(
 }
 
 enum Stop {
-    Signal,
     Ended,
     Failed(String),
 }

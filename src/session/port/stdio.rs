@@ -9,16 +9,14 @@
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{finish, Interrupts, TERMINATE_LINE};
 use crate::channel::Priority;
 use crate::session::handshake::version_greater;
-use crate::session::{
-    Finish, FromAgent, HandlerContext, HandlerExit, ToAgent, TERMINATE_FLAG_MIN_AGENT,
-};
+use crate::session::core::TERMINATE_FLAG_MIN_AGENT;
+use crate::session::{FromAgent, HandlerContext, HandlerExit, ToAgent};
 use crate::wire::{FlagValue, PayloadType};
 
 /// Runs until the session ends.
-pub async fn run(mut ctx: HandlerContext, mut signals: Interrupts) -> HandlerExit {
+pub async fn run(mut ctx: HandlerContext) -> HandlerExit {
     let to_agent = ctx.to_agent.clone();
     let max = ctx.max_payload;
     let terminate_flag = version_greater(&ctx.agent_version, TERMINATE_FLAG_MIN_AGENT);
@@ -44,9 +42,9 @@ pub async fn run(mut ctx: HandlerContext, mut signals: Interrupts) -> HandlerExi
                             ),
                             priority: Priority::Data,
                         });
-                        let _ = to_agent.send(ToAgent::Finish(Finish::AfterAcked)).await;
+                        let _ = to_agent.send(ToAgent::InputEnded).await;
                     } else {
-                        permit.send(ToAgent::Finish(Finish::AfterAcked));
+                        permit.send(ToAgent::InputEnded);
                     }
                     return;
                 }
@@ -57,7 +55,7 @@ pub async fn run(mut ctx: HandlerContext, mut signals: Interrupts) -> HandlerExi
                 }),
                 Err(e) => {
                     tracing::warn!("reading stdin failed: {e}; ending the session");
-                    permit.send(ToAgent::Finish(Finish::AfterAcked));
+                    permit.send(ToAgent::InputEnded);
                     return;
                 }
             }
@@ -65,18 +63,7 @@ pub async fn run(mut ctx: HandlerContext, mut signals: Interrupts) -> HandlerExi
     });
     let mut stdout = tokio::io::stdout();
     let exit = loop {
-        let msg = tokio::select! {
-            m = ctx.from_agent.recv() => m,
-            _ = signals.recv() => {
-                // stdout carries the tunnel: the note goes to stderr.
-                ctx.ui.warn(TERMINATE_LINE.trim_end());
-                input.abort();
-                let _ = stdout.flush().await;
-                finish(&mut ctx, Finish::Terminate).await;
-                break HandlerExit::default();
-            }
-        };
-        match msg {
+        match ctx.from_agent.recv().await {
             Some(FromAgent::Message {
                 payload_type,
                 payload,
@@ -95,16 +82,13 @@ pub async fn run(mut ctx: HandlerContext, mut signals: Interrupts) -> HandlerExi
                     r = stdout.flush().await;
                 }
                 if let Err(e) = r {
-                    // Nobody reads the tunnel any more (ssh exited): end the session.
                     tracing::debug!("writing stdout failed: {e}; ending the session");
-                    input.abort();
-                    finish(&mut ctx, Finish::Terminate).await;
-                    break HandlerExit::default();
+                    break crate::session::shell::output_error(&e);
                 }
             }
-            Some(FromAgent::End) | None => {
+            None => {
                 let _ = stdout.flush().await;
-                break HandlerExit::default();
+                break HandlerExit::Done;
             }
         }
     };

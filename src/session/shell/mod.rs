@@ -9,10 +9,8 @@
 //! - **Piped** (CI, scripts, Ansible): no terminal calls at all, stdin forwarded as it comes,
 //!   and end of input passed on as end of input (see [`EofPolicy`]).
 //!
-//! In both modes SIGINT, SIGQUIT and SIGTSTP (which the AWS CLI leaves ignored, and which
-//! `kill` can still send) become Ctrl-C, Ctrl-\ and Ctrl-Z for the remote, as in the reference;
-//! they never end the local process. SIGTERM and SIGHUP restore the terminal and exit with
-//! 143 and 129.
+//! Signals that end or interrupt the session (SIGINT, SIGQUIT, SIGTSTP, SIGTERM, SIGHUP) are the
+//! session machine's (see `session::core`); this handler only watches the window size.
 
 pub mod escape;
 pub mod terminal;
@@ -26,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::handshake::SessionKind;
-use super::{Finish, FromAgent, HandlerContext, HandlerExit, ToAgent};
+use super::{FromAgent, HandlerContext, HandlerExit, LocalEnd, ToAgent};
 use crate::channel::Priority;
 use crate::wire::{self, PayloadType, SizeData};
 use escape::{Action, Escapes};
@@ -54,46 +52,33 @@ pub fn restore_terminal() {
     terminal::restore();
 }
 
-/// What a local signal asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LocalSignal {
-    /// SIGINT, SIGQUIT or SIGTSTP: this control byte for the remote.
-    Control(u8),
-    /// SIGWINCH (or SIGCONT): check the window size.
-    Resize,
-}
-
-/// Handles signals on a thread of its own, so SIGTERM and SIGHUP restore the terminal even
-/// when the runtime is busy or stuck. Registering replaces the SIG_IGN the AWS CLI leaves for
-/// SIGINT, SIGQUIT and SIGTSTP.
-fn start_signal_thread(tx: mpsc::Sender<LocalSignal>) -> std::io::Result<()> {
-    use signal_hook::consts::signal::*;
-    let mut signals = signal_hook::iterator::Signals::new([
-        SIGINT, SIGQUIT, SIGTSTP, SIGWINCH, SIGCONT, SIGTERM, SIGHUP,
-    ])?;
+/// Watches SIGWINCH and SIGCONT on a thread of its own (a resize or a return from suspension:
+/// check the window size, and put the terminal back in raw mode after a resume).
+fn start_signal_thread(tx: mpsc::Sender<()>) -> std::io::Result<()> {
+    use signal_hook::consts::signal::{SIGCONT, SIGWINCH};
+    let mut signals = signal_hook::iterator::Signals::new([SIGWINCH, SIGCONT])?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for sig in signals.forever() {
-                let ev = match sig {
-                    SIGTERM | SIGHUP => {
-                        terminal::restore();
-                        std::process::exit(128 + sig);
-                    }
-                    SIGINT => LocalSignal::Control(0x03),
-                    SIGQUIT => LocalSignal::Control(0x1c),
-                    SIGTSTP => LocalSignal::Control(0x1a),
-                    SIGCONT => {
-                        terminal::reapply();
-                        LocalSignal::Resize
-                    }
-                    _ => LocalSignal::Resize,
-                };
-                // A full queue means the same kind of event is already pending.
-                let _ = tx.try_send(ev);
+                if sig == SIGCONT {
+                    terminal::reapply();
+                }
+                // A full queue means a check is already pending.
+                let _ = tx.try_send(());
             }
         })?;
     Ok(())
+}
+
+/// How a failed write of the session's output ends the handler: a reader that went away is a
+/// quiet end, anything else loses output and is an error.
+pub fn output_error(e: &std::io::Error) -> HandlerExit {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        HandlerExit::OutputClosed
+    } else {
+        HandlerExit::OutputFailed(e.to_string())
+    }
 }
 
 enum Input {
@@ -279,26 +264,15 @@ pub async fn run(mut ctx: HandlerContext) -> HandlerExit {
                     _ => Ok(()),
                 };
                 if let Err(e) = r {
-                    // stdout is gone (a closed pipe): nobody can see the session any more.
                     tracing::debug!("cannot write the session output: {e}");
-                    break;
+                    return output_error(&e);
                 }
             }
-            sig = sig_rx.recv(), if !ending => match sig {
-                Some(LocalSignal::Control(byte)) => {
-                    let _ = ctx.to_agent.send(ToAgent::Data {
-                        payload_type: PayloadType::OUTPUT,
-                        payload: Bytes::copy_from_slice(&[byte]),
-                        priority: Priority::Control,
-                    }).await;
+            Some(()) = sig_rx.recv(), if !ending => {
+                if let Some(s) = terminal::window_size().filter(|s| *s != last_size) {
+                    last_size = s;
+                    let _ = ctx.to_agent.send(size_message(s)).await;
                 }
-                Some(LocalSignal::Resize) => {
-                    if let Some(s) = terminal::window_size().filter(|s| *s != last_size) {
-                        last_size = s;
-                        let _ = ctx.to_agent.send(size_message(s)).await;
-                    }
-                }
-                None => {}
             },
             permit = ctx.to_agent.reserve(), if !pending.is_empty() && !ending => {
                 let Ok(permit) = permit else { break };
@@ -330,7 +304,7 @@ pub async fn run(mut ctx: HandlerContext) -> HandlerExit {
                                 Action::Terminate => {
                                     ending = true;
                                     pending.clear();
-                                    let _ = ctx.to_agent.send(ToAgent::Finish(Finish::Terminate)).await;
+                                    let _ = ctx.end.send(LocalEnd::Escape);
                                 }
                             }
                         }
@@ -343,7 +317,7 @@ pub async fn run(mut ctx: HandlerContext) -> HandlerExit {
                         if raw.is_some() {
                             // A raw terminal only ends when it goes away (hang-up).
                             ending = true;
-                            let _ = ctx.to_agent.send(ToAgent::Finish(Finish::Terminate)).await;
+                            let _ = ctx.end.send(LocalEnd::TerminalGone);
                         } else {
                             pending.extend(eof.on_eof(last_byte));
                         }
@@ -361,10 +335,12 @@ pub async fn run(mut ctx: HandlerContext) -> HandlerExit {
             }
         }
     }
-    let _ = stdout.flush().await;
-    let _ = stderr.flush().await;
+    let flushed = stdout.flush().await.and(stderr.flush().await);
     drop(raw);
-    HandlerExit::default()
+    match flushed {
+        Ok(()) => HandlerExit::Done,
+        Err(e) => output_error(&e),
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use url::Url;
 
+pub mod link;
+
 /// The websocket type the session driver uses.
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
