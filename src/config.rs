@@ -74,10 +74,9 @@ impl Env {
             payload_size: num(ENV_PAYLOAD_SIZE)
                 .map_or(DEFAULT_PAYLOAD_SIZE, |v| (v as usize).clamp(64, 64 * 1024)),
             give_up: Duration::from_secs(num(ENV_GIVE_UP).unwrap_or(300).max(5)),
-            reconnect_timeout: num(ENV_RECONNECT_TIMEOUT)
-                .map_or(DEFAULT_RECONNECT_TIMEOUT, |v| {
-                    Duration::from_secs(v.clamp(1, 24 * 3600))
-                }),
+            reconnect_timeout: num(ENV_RECONNECT_TIMEOUT).map_or(DEFAULT_RECONNECT_TIMEOUT, |v| {
+                Duration::from_secs(v.clamp(1, 24 * 3600))
+            }),
             bind_address: [ENV_BIND_ADDRESS, ENV_BIND_ADDRESS_AWS]
                 .iter()
                 .filter_map(|k| get(k))

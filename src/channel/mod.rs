@@ -164,6 +164,9 @@ pub enum Error {
         /// Its sequence number.
         sequence: i64,
     },
+    /// The service closed the channel with a message that does not decode.
+    #[error("the service closed the session with a channel_closed message that cannot be read; start a new session, and report it if it repeats")]
+    BadClose,
     /// An agent payload could not be decrypted with the session key.
     #[error(
         "could not decrypt message {sequence} from the agent (the session's KMS data key does \
@@ -361,14 +364,24 @@ impl Channel {
                 self.on_ack(&msg);
             }
             MessageType::ChannelClosed => {
-                let output = serde_json::from_slice::<wire::ChannelClosed>(&msg.payload)
-                    .map(|c| c.output)
-                    .unwrap_or_default();
-                tracing::debug!("channel_closed from the service");
-                self.state = State::Closed;
+                let closed = serde_json::from_slice::<wire::ChannelClosed>(&msg.payload);
+                tracing::debug!(ok = closed.is_ok(), "channel_closed from the service");
                 self.acks.clear();
-                self.update_clock();
-                self.inc.push_event(Event::ChannelClosed { output });
+                match closed {
+                    Ok(c) => {
+                        self.state = State::Closed;
+                        self.update_clock();
+                        self.inc
+                            .push_event(Event::ChannelClosed { output: c.output });
+                    }
+                    // The service ended the session but its reason cannot be read: not a
+                    // clean end to report as one.
+                    Err(_) => {
+                        self.state = State::Failed;
+                        self.update_clock();
+                        self.inc.push_event(Event::Failed(Error::BadClose));
+                    }
+                }
             }
             MessageType::PausePublication => self.set_paused(true),
             MessageType::StartPublication => self.set_paused(false),

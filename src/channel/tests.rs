@@ -729,12 +729,8 @@ fn channel_closed_is_reported_after_earlier_data_and_never_acked() {
     let mut ch = Channel::new(config(), t0);
     ch.handle_frame(t0, &control(MessageType::ChannelClosed, b"{not json"))
         .unwrap();
-    assert_eq!(
-        events(&mut ch),
-        vec![Event::ChannelClosed {
-            output: String::new()
-        }]
-    );
+    // A close whose reason cannot be read is not a clean end.
+    assert_eq!(events(&mut ch), vec![Event::Failed(Error::BadClose)]);
 }
 
 #[test]

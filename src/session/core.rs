@@ -452,6 +452,11 @@ impl Session {
         self.ch.poll_transmit(now)
     }
 
+    /// Whether [`poll_event`](Self::poll_event) has something (deliveries can queue events).
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// The next thing the driver should do.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
@@ -607,7 +612,8 @@ impl Session {
         if was_down {
             self.ch.transport_restored(now);
             tracing::info!("session resumed");
-            self.events.push_back(Event::Notice("Session resumed.".into()));
+            self.events
+                .push_back(Event::Notice("Session resumed.".into()));
         }
         self.pump(now);
     }
@@ -620,7 +626,11 @@ impl Session {
         };
         if usage || *attempt >= CONNECT_ATTEMPTS {
             self.link = Link::Gone;
-            let exit = if usage { Exit::Usage } else { Exit::Unavailable };
+            let exit = if usage {
+                Exit::Usage
+            } else {
+                Exit::Unavailable
+            };
             self.end_now(now, Outcome::error(exit, error));
             return;
         }
@@ -713,10 +723,13 @@ impl Session {
             ResumeVerdict::Expired => {
                 let text = format!("Session: {} timed out.", self.cfg.session_id);
                 self.link = Link::Gone;
-                self.end_now(now, Outcome {
-                    exit: Exit::Unavailable,
-                    report: Report::Plain(text),
-                });
+                self.end_now(
+                    now,
+                    Outcome {
+                        exit: Exit::Unavailable,
+                        report: Report::Plain(text),
+                    },
+                );
             }
             ResumeVerdict::Final(e) => {
                 let text = format!(
@@ -1123,7 +1136,11 @@ impl Session {
             channel::Error::TimedOut { .. } => {
                 // The agent stopped acknowledging: the flag would not arrive either. End the
                 // session on the service side with the API, as the reference does.
-                self.begin_end(now, Mode::Tell, Outcome::error(Exit::Unavailable, e.to_string()));
+                self.begin_end(
+                    now,
+                    Mode::Tell,
+                    Outcome::error(Exit::Unavailable, e.to_string()),
+                );
                 if let Phase::Ending(end) = &mut self.phase {
                     end.flag_deadline = None;
                     if matches!(end.api, Api::NotAsked) {
@@ -1132,7 +1149,11 @@ impl Session {
                     }
                 }
             }
-            _ => self.begin_end(now, Mode::Tell, Outcome::error(Exit::Protocol, e.to_string())),
+            _ => self.begin_end(
+                now,
+                Mode::Tell,
+                Outcome::error(Exit::Protocol, e.to_string()),
+            ),
         }
     }
 
@@ -1159,14 +1180,18 @@ impl Session {
     fn on_signal(&mut self, now: Instant, sig: Signal) {
         let in_shell = matches!(self.phase, Phase::Running) && !self.is_port();
         match (&self.phase, sig) {
-            (Phase::Closing { outcome, .. }, Signal::Terminate | Signal::HangUp | Signal::Interrupt) => {
+            (
+                Phase::Closing { outcome, .. },
+                Signal::Terminate | Signal::HangUp | Signal::Interrupt,
+            ) => {
                 // The user insists: stop waiting for the handler.
                 let outcome = outcome.clone();
                 self.finish(outcome);
             }
             (Phase::Ending(e), Signal::Terminate | Signal::HangUp | Signal::Interrupt) => {
                 let mut outcome = e.outcome.clone();
-                if matches!(sig, Signal::Terminate | Signal::HangUp) && outcome.exit == Exit::Normal {
+                if matches!(sig, Signal::Terminate | Signal::HangUp) && outcome.exit == Exit::Normal
+                {
                     outcome.exit = Exit::Signal(sig.number());
                 }
                 self.close(now, outcome);
@@ -1246,7 +1271,10 @@ impl Session {
             let mut outcome = outcome.clone();
             if let HandlerExit::OutputFailed(e) = &exit {
                 // The session's output was lost: that beats a clean end.
-                if matches!(outcome.exit, Exit::Normal | Exit::Remote(_) | Exit::ClosedWithError) {
+                if matches!(
+                    outcome.exit,
+                    Exit::Normal | Exit::Remote(_) | Exit::ClosedWithError
+                ) {
                     outcome = output_failed(e);
                 }
             }

@@ -1,0 +1,851 @@
+//! The session machine as a specification: each test drives a [`Session`] with simulated time
+//! and a scripted agent, and asserts what it asks the driver to do and how it ends. No sockets,
+//! no sleeps.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use super::core::*;
+use super::handler::{HandlerExit, LocalEnd};
+use crate::channel::{self, Priority};
+use crate::exit::Exit;
+use crate::wire::{
+    AcknowledgeContent, ClientMessage, FlagValue, MessageType, PayloadType, FLAG_ACK, FLAG_SYN,
+};
+
+const EPOCH: u64 = 1_700_000_000_000;
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// A session and a scripted agent around it, on a simulated clock.
+struct World {
+    s: Session,
+    now: Instant,
+    /// Next agent sequence number.
+    agent_seq: i64,
+    /// Whether the agent acknowledges what we send.
+    acks: bool,
+    /// Everything we sent, decoded.
+    sent: Vec<ClientMessage>,
+    /// Every event, in order.
+    events: Vec<Event>,
+    /// What the handler received.
+    delivered: Vec<(PayloadType, Bytes)>,
+    connected: bool,
+}
+
+impl World {
+    fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    fn with(f: impl FnOnce(&mut Config)) -> Self {
+        let mut channel = channel::Config {
+            frame_budget: None,
+            seed: 3,
+            ..channel::Config::default()
+        };
+        channel.created_epoch_ms = EPOCH;
+        let mut cfg = Config {
+            session_id: "sess-1".into(),
+            channel,
+            reconnect_timeout: secs(120),
+            legacy_cli: false,
+            initial_size: None,
+        };
+        f(&mut cfg);
+        let now = Instant::now();
+        Self {
+            s: Session::new(cfg, now, EPOCH),
+            now,
+            agent_seq: 0,
+            acks: true,
+            sent: Vec::new(),
+            events: Vec::new(),
+            delivered: Vec::new(),
+            connected: false,
+        }
+    }
+
+    /// Connects the first websocket when asked.
+    fn connected() -> Self {
+        let mut w = Self::new();
+        w.settle();
+        assert!(w.took(|e| matches!(e, Event::Connect)));
+        w.s.transport_restored(w.now);
+        w.connected = true;
+        w.settle();
+        w
+    }
+
+    /// A shell session whose agent sent the handshake (agent 3.3, flag supported).
+    fn shell() -> Self {
+        let mut w = Self::connected();
+        w.handshake("Standard_Stream", "3.3.0.0", None);
+        w
+    }
+
+    /// A listener port session.
+    fn port() -> Self {
+        let mut w = Self::connected();
+        w.handshake(
+            "Port",
+            "3.3.0.0",
+            Some(serde_json::json!({"type": "LocalPortForwarding", "portNumber": "22", "localPortNumber": "0"})),
+        );
+        w
+    }
+
+    fn handshake(&mut self, kind: &str, version: &str, props: Option<serde_json::Value>) {
+        let req = serde_json::json!({
+            "AgentVersion": version,
+            "RequestedClientActions": [{
+                "ActionType": "SessionType",
+                "ActionParameters": {"SessionType": kind, "Properties": props},
+            }],
+        });
+        self.agent(PayloadType::HANDSHAKE_REQUEST, req.to_string().as_bytes());
+        self.agent(
+            PayloadType::HANDSHAKE_COMPLETE,
+            br#"{"HandshakeTimeToComplete":1000000,"CustomerMessage":""}"#,
+        );
+        assert!(
+            self.took(|e| matches!(e, Event::StartHandler { .. })),
+            "{:?}",
+            self.events
+        );
+    }
+
+    /// The agent sends one stream-data message.
+    fn agent(&mut self, payload_type: PayloadType, payload: &[u8]) {
+        let seq = self.agent_seq;
+        self.agent_seq += 1;
+        let frame = ClientMessage::new(
+            MessageType::OutputStreamData,
+            seq,
+            if seq == 0 { FLAG_SYN } else { 0 },
+            payload_type,
+            Bytes::copy_from_slice(payload),
+            EPOCH,
+            Uuid::from_u128(0xabc0_0000 + seq as u128),
+        )
+        .encode();
+        self.s.handle_frame(self.now, &frame);
+        self.settle();
+    }
+
+    /// The service closes the channel with `output` (a JSON payload, or raw bytes).
+    fn channel_closed(&mut self, payload: &[u8]) {
+        let frame = ClientMessage::new(
+            MessageType::ChannelClosed,
+            0,
+            FLAG_ACK,
+            PayloadType::OUTPUT,
+            Bytes::copy_from_slice(payload),
+            EPOCH,
+            Uuid::from_u128(7),
+        )
+        .encode();
+        self.s.handle_frame(self.now, &frame);
+        self.settle();
+    }
+
+    /// Drains every output: events, deliveries, transmits; the agent acks what we send.
+    fn settle(&mut self) {
+        for _ in 0..1000 {
+            let mut moved = false;
+            while let Some(e) = self.s.poll_event() {
+                match &e {
+                    Event::DropLink => self.connected = false,
+                    Event::Resume | Event::Connect => {}
+                    _ => {}
+                }
+                self.events.push(e);
+                moved = true;
+            }
+            while let Some(d) = self.s.poll_delivery(self.now) {
+                self.delivered.push(d);
+                moved = true;
+            }
+            let mut acks = Vec::new();
+            while let Some(f) = self.s.poll_transmit(self.now) {
+                let m = ClientMessage::decode(&f).expect("we send valid frames");
+                if self.acks
+                    && m.message_type == MessageType::InputStreamData
+                    && m.payload_type != PayloadType::NONE
+                {
+                    acks.push(m.sequence_number);
+                }
+                self.sent.push(m);
+                moved = true;
+            }
+            for seq in acks {
+                let content = AcknowledgeContent {
+                    acknowledged_message_type: "input_stream_data".into(),
+                    acknowledged_message_id: Uuid::nil().to_string(),
+                    acknowledged_message_sequence_number: seq,
+                    is_sequential_message: true,
+                };
+                let frame = ClientMessage::new(
+                    MessageType::Acknowledge,
+                    0,
+                    FLAG_ACK,
+                    PayloadType::NONE,
+                    Bytes::from(content.to_json()),
+                    EPOCH,
+                    Uuid::from_u128(99),
+                )
+                .encode();
+                self.s.handle_frame(self.now, &frame);
+            }
+            if !moved && !self.s.has_events() {
+                return;
+            }
+        }
+        panic!("the session never settles");
+    }
+
+    /// Advances the clock by `d`, firing every timer on the way.
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            match self.s.poll_timeout() {
+                Some(t) if t <= end => {
+                    self.now = self.now.max(t);
+                    self.s.handle_timeout(self.now);
+                    self.settle();
+                }
+                _ => break,
+            }
+        }
+        self.now = end;
+        self.s.handle_timeout(self.now);
+        self.settle();
+    }
+
+    fn local(&mut self, l: Local) {
+        self.s.handle_local(self.now, l);
+        self.settle();
+    }
+
+    /// Removes and reports the first event matching `f`.
+    fn took(&mut self, f: impl Fn(&Event) -> bool) -> bool {
+        match self.events.iter().position(f) {
+            Some(i) => {
+                self.events.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn asked_to_stop_handler(&mut self) -> bool {
+        self.took(|e| matches!(e, Event::StopHandler))
+    }
+
+    /// The handler returns as told, if it was; then the outcome.
+    fn outcome(&mut self) -> Option<Outcome> {
+        if self.asked_to_stop_handler() {
+            self.local(Local::HandlerEnded(HandlerExit::Done));
+        }
+        self.events.iter().find_map(|e| match e {
+            Event::Ended(o) => Some(o.clone()),
+            _ => None,
+        })
+    }
+
+    fn sent_flag(&self, f: FlagValue) -> bool {
+        self.sent
+            .iter()
+            .any(|m| m.payload_type == PayloadType::FLAG && m.payload[..] == f.to_payload()[..])
+    }
+
+    fn asked_api(&self) -> bool {
+        self.events.iter().any(|e| matches!(e, Event::TerminateApi))
+    }
+}
+
+fn signal_ended(sig: i32) -> Outcome {
+    Outcome {
+        exit: Exit::Signal(sig),
+        report: Report::Exiting,
+    }
+}
+
+#[test]
+fn a_clean_remote_exit_ends_with_zero_after_the_output() {
+    let mut w = World::shell();
+    w.agent(PayloadType::OUTPUT, b"bye\r\n");
+    w.channel_closed(br#"{"Output":""}"#);
+    assert_eq!(
+        w.delivered,
+        vec![(PayloadType::OUTPUT, Bytes::from_static(b"bye\r\n"))]
+    );
+    assert_eq!(
+        w.outcome(),
+        Some(Outcome {
+            exit: Exit::Normal,
+            report: Report::Exiting
+        })
+    );
+    assert_eq!(w.s.poll_timeout(), None, "an ended session has no timers");
+}
+
+#[test]
+fn the_remote_exit_code_becomes_ours() {
+    let mut w = World::connected();
+    w.handshake("NonInteractiveCommands", "3.3.0.0", None);
+    w.agent(PayloadType::EXIT_CODE, b"EXIT_CODE: 3");
+    w.channel_closed(br#"{"Output":""}"#);
+    assert_eq!(w.outcome().map(|o| o.exit), Some(Exit::Remote(3)));
+}
+
+#[test]
+fn a_service_message_on_close_exits_one_with_the_message() {
+    let mut w = World::shell();
+    w.channel_closed(br#"{"Output":"Session terminated by admin"}"#);
+    assert_eq!(
+        w.outcome(),
+        Some(Outcome {
+            exit: Exit::ClosedWithError,
+            report: Report::ServiceMessage("Session terminated by admin".into())
+        })
+    );
+}
+
+#[test]
+fn an_unreadable_channel_closed_is_a_protocol_error_not_a_clean_exit() {
+    let mut w = World::shell();
+    w.channel_closed(b"not json");
+    assert_eq!(w.outcome().map(|o| o.exit), Some(Exit::Protocol));
+}
+
+#[test]
+fn agent_never_sends_a_type_error_after_sixty_seconds() {
+    let mut w = World::connected();
+    w.advance(secs(59));
+    assert_eq!(w.outcome(), None);
+    w.advance(secs(1));
+    // No agent version: nobody can take the flag, so the API is asked, bounded.
+    assert!(w.asked_api());
+    w.advance(TERMINATE_TIMEOUT);
+    let o = w.outcome().expect("ended");
+    assert_eq!(o.exit, Exit::Unavailable);
+    assert!(
+        matches!(&o.report, Report::Error(t) if t.contains("did not start the session within 60 seconds")),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn escape_ends_a_running_shell_with_the_flag_once_acknowledged() {
+    let mut w = World::shell();
+    w.local(Local::End(LocalEnd::Escape));
+    assert!(w.sent_flag(FlagValue::TerminateSession));
+    assert!(!w.asked_api(), "the agent acknowledged the flag");
+    assert_eq!(
+        w.outcome(),
+        Some(Outcome {
+            exit: Exit::Normal,
+            report: Report::Exiting
+        })
+    );
+}
+
+#[test]
+fn an_unacknowledged_flag_falls_back_to_the_api_within_the_bounds() {
+    let mut w = World::shell();
+    w.acks = false;
+    w.local(Local::End(LocalEnd::Escape));
+    assert!(w.sent_flag(FlagValue::TerminateSession));
+    w.advance(TERMINATE_TIMEOUT);
+    assert!(w.asked_api());
+    w.advance(TERMINATE_TIMEOUT);
+    assert_eq!(w.outcome().map(|o| o.exit), Some(Exit::Normal));
+}
+
+#[test]
+fn escape_during_an_outage_ends_the_session_at_once_through_the_api() {
+    let mut w = World::shell();
+    w.s.transport_lost(w.now, "read failed", false);
+    w.settle();
+    assert!(w.took(|e| matches!(e, Event::Resume)));
+    // ResumeSession keeps failing with a 500.
+    let five_hundred = ResumeFailure::Service {
+        status: Some(500),
+        code: Some("InternalServerError".into()),
+        message: "ResumeSession failed: 500".into(),
+    };
+    w.s.resume_failed(w.now, &five_hundred);
+    w.advance(secs(1));
+    assert!(w.took(|e| matches!(e, Event::Resume)), "retried");
+    w.local(Local::End(LocalEnd::Escape));
+    assert!(w.took(|e| matches!(e, Event::DropLink)), "stops resuming");
+    assert!(!w.s.wants_link());
+    assert!(w.asked_api(), "no link for the flag: the API");
+    w.s.terminate_done(w.now);
+    w.settle();
+    assert_eq!(w.outcome().map(|o| o.exit), Some(Exit::Normal));
+}
+
+#[test]
+fn sigint_in_a_port_session_during_an_outage_ends_it() {
+    let mut w = World::port();
+    w.s.transport_lost(w.now, "read failed", false);
+    w.settle();
+    w.local(Local::Signal(Signal::Interrupt));
+    assert!(w
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Status(t) if t == TERMINATE_LINE)));
+    w.advance(TERMINATE_TIMEOUT);
+    assert_eq!(w.outcome().map(|o| o.exit), Some(Exit::Normal));
+}
+
+#[test]
+fn sighup_tells_the_agent_then_ends_with_129() {
+    let mut w = World::shell();
+    w.local(Local::Signal(Signal::HangUp));
+    assert!(w.sent_flag(FlagValue::TerminateSession));
+    assert_eq!(w.outcome(), Some(signal_ended(1)));
+}
+
+#[test]
+fn sigterm_in_a_port_session_exits_143() {
+    let mut w = World::port();
+    w.local(Local::Signal(Signal::Terminate));
+    assert!(w.sent_flag(FlagValue::TerminateSession));
+    assert_eq!(w.outcome(), Some(signal_ended(15)));
+}
+
+#[test]
+fn sigint_in_a_shell_is_ctrl_c_for_the_remote() {
+    let mut w = World::shell();
+    w.local(Local::Signal(Signal::Interrupt));
+    assert!(w
+        .sent
+        .iter()
+        .any(|m| m.payload_type == PayloadType::OUTPUT && m.payload[..] == [0x03]));
+    assert_eq!(w.outcome(), None);
+}
+
+#[test]
+fn sigint_before_the_session_started_gives_up_waiting() {
+    let mut w = World::connected();
+    w.local(Local::Signal(Signal::Interrupt));
+    w.advance(TERMINATE_TIMEOUT);
+    assert_eq!(w.outcome().map(|o| o.exit), Some(Exit::Interrupted));
+}
+
+#[test]
+fn a_second_sigterm_while_ending_leaves_at_once() {
+    let mut w = World::shell();
+    w.acks = false;
+    w.local(Local::Signal(Signal::Terminate));
+    assert_eq!(w.outcome(), None, "waiting for the flag's ack");
+    w.local(Local::Signal(Signal::Terminate));
+    assert_eq!(w.outcome(), Some(signal_ended(15)));
+}
+
+#[test]
+fn a_broken_pipe_on_stdout_is_a_quiet_end_that_tells_the_agent() {
+    let mut w = World::shell();
+    w.local(Local::HandlerEnded(HandlerExit::OutputClosed));
+    assert!(w.sent_flag(FlagValue::TerminateSession));
+    assert_eq!(
+        w.outcome(),
+        Some(Outcome {
+            exit: Exit::Normal,
+            report: Report::Quiet
+        })
+    );
+}
+
+#[test]
+fn a_local_write_error_ends_the_session_and_tells_the_agent() {
+    let mut w = World::connected();
+    w.handshake("NonInteractiveCommands", "3.3.0.0", None);
+    w.local(Local::HandlerEnded(HandlerExit::OutputFailed(
+        "No space left on device".into(),
+    )));
+    assert!(w.sent_flag(FlagValue::TerminateSession));
+    let o = w.outcome().expect("ended");
+    assert_eq!(o.exit, Exit::Io);
+    assert!(matches!(&o.report, Report::Error(t) if t.contains("No space left on device")));
+}
+
+#[test]
+fn a_write_error_while_flushing_the_end_beats_the_remote_status() {
+    let mut w = World::connected();
+    w.handshake("NonInteractiveCommands", "3.3.0.0", None);
+    w.agent(PayloadType::EXIT_CODE, b"EXIT_CODE: 3");
+    w.channel_closed(br#"{"Output":""}"#);
+    assert!(w.asked_to_stop_handler());
+    w.local(Local::HandlerEnded(HandlerExit::OutputFailed(
+        "No space left on device".into(),
+    )));
+    let o = w.outcome().expect("ended");
+    assert_eq!(o.exit, Exit::Io);
+}
+
+#[test]
+fn kms_refused_tells_the_agent_and_exits_77() {
+    let mut w = World::connected();
+    let req = serde_json::json!({
+        "AgentVersion": "3.3.0.0",
+        "RequestedClientActions": [
+            {"ActionType": "KMSEncryption", "ActionParameters": {"KMSKeyId": "alias/k"}},
+            {"ActionType": "SessionType", "ActionParameters": {"SessionType": "Standard_Stream", "Properties": null}},
+        ],
+    });
+    w.agent(PayloadType::HANDSHAKE_REQUEST, req.to_string().as_bytes());
+    assert!(w.took(|e| matches!(e, Event::NeedDataKey { key_id, .. } if key_id == "alias/k")));
+    w.s.data_key(w.now, Err("AccessDeniedException: no".into()));
+    w.settle();
+    let answer = w
+        .sent
+        .iter()
+        .find(|m| m.payload_type == PayloadType::HANDSHAKE_RESPONSE)
+        .expect("the agent is told");
+    assert!(String::from_utf8_lossy(&answer.payload).contains("AccessDeniedException"));
+    let o = w.outcome().expect("ended once the answer was acknowledged");
+    assert_eq!(o.exit, Exit::NoPerm);
+}
+
+#[test]
+fn resume_budget_runs_out_error_with_the_reconnect_figures() {
+    let mut w = World::shell();
+    w.s.transport_lost(w.now, "read failed", false);
+    w.settle();
+    assert!(w
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Notice(t) if t.contains("resuming session"))));
+    let mut attempts = 0;
+    for _ in 0..1000 {
+        if w.took(|e| matches!(e, Event::Resume)) {
+            attempts += 1;
+            w.s.resume_failed(w.now, &ResumeFailure::Network("connect timed out".into()));
+            w.settle();
+        }
+        if w.outcome().is_some() {
+            break;
+        }
+        w.advance(Duration::from_millis(500));
+    }
+    let o = w.outcome().expect("gave up");
+    assert_eq!(o.exit, Exit::Unavailable);
+    assert!(
+        matches!(&o.report, Report::Error(t) if t.contains("within 120 s") && t.contains("connect timed out") && t.contains("SESSION_MANAGER_PLUGIN_RECONNECT_TIMEOUT")),
+        "{o:?}"
+    );
+    assert!(attempts > 10, "retried with backoff: {attempts}");
+}
+
+#[test]
+fn a_final_resume_answer_ends_the_outage_at_once() {
+    let mut w = World::shell();
+    w.s.transport_lost(w.now, "read failed", false);
+    w.settle();
+    w.s.resume_failed(
+        w.now,
+        &ResumeFailure::Service {
+            status: Some(400),
+            code: Some("SomethingNew".into()),
+            message: "ResumeSession failed: SomethingNew".into(),
+        },
+    );
+    w.settle();
+    let o = w.outcome().expect("ended at once");
+    assert_eq!(o.exit, Exit::Unavailable);
+    assert!(matches!(&o.report, Report::Error(t) if t.contains("cannot be resumed")));
+}
+
+#[test]
+fn resume_answers_are_sorted_once() {
+    let svc = |status: u16, code: &str| ResumeFailure::Service {
+        status: Some(status),
+        code: Some(code.into()),
+        message: code.into(),
+    };
+    assert!(matches!(
+        classify_resume(&svc(400, "DoesNotExistException")),
+        ResumeVerdict::Final(_)
+    ));
+    assert!(matches!(
+        classify_resume(&svc(403, "AccessDeniedException")),
+        ResumeVerdict::Final(_)
+    ));
+    assert!(matches!(
+        classify_resume(&svc(400, "Other")),
+        ResumeVerdict::Final(_)
+    ));
+    assert!(matches!(
+        classify_resume(&svc(400, "ThrottlingException")),
+        ResumeVerdict::Retry(_)
+    ));
+    assert!(matches!(
+        classify_resume(&svc(429, "")),
+        ResumeVerdict::Retry(_)
+    ));
+    assert!(matches!(
+        classify_resume(&svc(503, "ServiceUnavailable")),
+        ResumeVerdict::Retry(_)
+    ));
+    assert!(matches!(
+        classify_resume(&ResumeFailure::Network("x".into())),
+        ResumeVerdict::Retry(_)
+    ));
+    assert_eq!(
+        classify_resume(&ResumeFailure::Expired),
+        ResumeVerdict::Expired
+    );
+}
+
+#[test]
+fn an_expired_session_says_so_in_the_references_words() {
+    let mut w = World::shell();
+    w.s.transport_lost(w.now, "closed by the service: 1000 Bye", false);
+    w.settle();
+    w.s.resume_failed(w.now, &ResumeFailure::Expired);
+    w.settle();
+    assert_eq!(
+        w.outcome(),
+        Some(Outcome {
+            exit: Exit::Unavailable,
+            report: Report::Plain("Session: sess-1 timed out.".into())
+        })
+    );
+}
+
+#[test]
+fn a_resumed_link_resends_what_was_not_acknowledged() {
+    let mut w = World::shell();
+    w.acks = false;
+    w.local(Local::Send {
+        payload_type: PayloadType::OUTPUT,
+        payload: Bytes::from_static(b"ls\r"),
+        priority: Priority::Data,
+    });
+    let first = w
+        .sent
+        .iter()
+        .filter(|m| m.payload[..] == b"ls\r"[..])
+        .count();
+    assert_eq!(first, 1);
+    w.s.transport_lost(w.now, "read failed", false);
+    w.settle();
+    assert!(w.took(|e| matches!(e, Event::Resume)));
+    w.advance(Duration::from_millis(300));
+    w.s.transport_restored(w.now);
+    w.settle();
+    assert!(w
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Notice(t) if t == "Session resumed.")));
+    let again = w
+        .sent
+        .iter()
+        .filter(|m| m.payload[..] == b"ls\r"[..])
+        .count();
+    assert_eq!(again, 2, "resent on the new link");
+    assert_eq!(w.outcome(), None);
+}
+
+#[test]
+fn the_first_connection_is_retried_then_fails_with_69() {
+    let mut w = World::new();
+    w.settle();
+    for _ in 0..3 {
+        assert!(w.took(|e| matches!(e, Event::Connect)));
+        w.s.connect_failed(w.now, "cannot connect to 127.0.0.1:1".into(), false);
+        w.settle();
+        w.advance(secs(2));
+    }
+    let o = w.outcome().expect("ended");
+    assert_eq!(o.exit, Exit::Unavailable);
+}
+
+#[test]
+fn a_stream_url_that_is_no_websocket_url_is_a_usage_error_at_once() {
+    let mut w = World::new();
+    w.settle();
+    w.s.connect_failed(w.now, "not a ws URL".into(), true);
+    w.settle();
+    assert_eq!(w.outcome().map(|o| o.exit), Some(Exit::Usage));
+}
+
+#[test]
+fn a_refused_first_connection_is_not_resumed() {
+    let mut w = World::connected();
+    w.s.transport_lost(w.now, "closed by the service: 1008 token", true);
+    w.settle();
+    assert!(!w.events.iter().any(|e| matches!(e, Event::Resume)));
+    assert_eq!(w.outcome().map(|o| o.exit), Some(Exit::Unavailable));
+}
+
+#[test]
+fn input_end_drains_then_exits_zero() {
+    let mut w = World::port();
+    w.acks = false;
+    w.local(Local::Send {
+        payload_type: PayloadType::OUTPUT,
+        payload: Bytes::from_static(b"tail"),
+        priority: Priority::Data,
+    });
+    w.local(Local::InputEnded);
+    assert_eq!(w.outcome(), None, "waits for the ack");
+    w.advance(DRAIN_TIMEOUT + secs(1));
+    let o = w.outcome().expect("gave up waiting");
+    assert_eq!(o.exit, Exit::Normal);
+    assert!(w
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Warn(t) if t.contains("did not acknowledge"))));
+}
+
+#[test]
+fn a_handler_that_cannot_start_decides_the_status() {
+    let mut w = World::port();
+    w.local(Local::HandlerEnded(HandlerExit::Failed {
+        exit: Exit::Usage,
+        message: "bad localPortNumber".into(),
+    }));
+    assert!(w.sent_flag(FlagValue::TerminateSession));
+    assert_eq!(w.outcome().map(|o| o.exit), Some(Exit::Usage));
+}
+
+#[test]
+fn an_old_agent_is_ended_with_the_api() {
+    let mut w = World::connected();
+    w.handshake("Standard_Stream", "2.3.0.0", None);
+    w.local(Local::End(LocalEnd::Escape));
+    assert!(!w.sent_flag(FlagValue::TerminateSession));
+    assert!(w.asked_api());
+    w.s.terminate_done(w.now);
+    w.settle();
+    assert_eq!(w.outcome().map(|o| o.exit), Some(Exit::Normal));
+}
+
+#[test]
+fn a_handler_that_does_not_flush_in_time_is_not_waited_for() {
+    let mut w = World::shell();
+    w.channel_closed(br#"{"Output":""}"#);
+    assert!(w.asked_to_stop_handler());
+    w.advance(DRAIN_TIMEOUT);
+    assert!(w.events.iter().any(|e| matches!(e, Event::Ended(_))));
+}
+
+mod props {
+    //! Random input sequences: the machine never panics and always ends within its timers.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Agent(u8),
+        Close,
+        Garbage(Vec<u8>),
+        Tick(u16),
+        Lost,
+        Restored,
+        ResumeFails(u8),
+        Signal(u8),
+        Escape,
+        Send(u8),
+        InputEnded,
+        HandlerEnded(u8),
+        Terminated,
+        ToggleAcks,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            any::<u8>().prop_map(Step::Agent),
+            Just(Step::Close),
+            proptest::collection::vec(any::<u8>(), 0..200).prop_map(Step::Garbage),
+            any::<u16>().prop_map(Step::Tick),
+            Just(Step::Lost),
+            Just(Step::Restored),
+            any::<u8>().prop_map(Step::ResumeFails),
+            any::<u8>().prop_map(Step::Signal),
+            Just(Step::Escape),
+            any::<u8>().prop_map(Step::Send),
+            Just(Step::InputEnded),
+            any::<u8>().prop_map(Step::HandlerEnded),
+            Just(Step::Terminated),
+            Just(Step::ToggleAcks),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn never_panics_and_always_ends(steps in proptest::collection::vec(step(), 0..60)) {
+            let mut w = World::connected();
+            for s in steps {
+                match s {
+                    Step::Agent(n) => {
+                        let kinds = [PayloadType::OUTPUT, PayloadType::HANDSHAKE_REQUEST, PayloadType::HANDSHAKE_COMPLETE, PayloadType::EXIT_CODE, PayloadType::FLAG, PayloadType::STDERR];
+                        let t = kinds[n as usize % kinds.len()];
+                        let body: &[u8] = match t {
+                            PayloadType::HANDSHAKE_REQUEST => br#"{"AgentVersion":"3.3.0.0","RequestedClientActions":[{"ActionType":"SessionType","ActionParameters":{"SessionType":"Port","Properties":{"type":"LocalPortForwarding"}}}]}"#,
+                            PayloadType::HANDSHAKE_COMPLETE => br#"{"HandshakeTimeToComplete":1,"CustomerMessage":""}"#,
+                            PayloadType::EXIT_CODE => b"EXIT_CODE: 4",
+                            _ => b"x",
+                        };
+                        w.agent(t, body);
+                    }
+                    Step::Close => w.channel_closed(br#"{"Output":""}"#),
+                    Step::Garbage(g) => { w.s.handle_frame(w.now, &g); w.settle(); }
+                    Step::Tick(ms) => w.advance(Duration::from_millis(u64::from(ms) * 4)),
+                    Step::Lost => { w.s.transport_lost(w.now, "lost", false); w.settle(); }
+                    Step::Restored => { w.s.transport_restored(w.now); w.settle(); }
+                    Step::ResumeFails(n) => {
+                        let f = match n % 3 {
+                            0 => ResumeFailure::Network("x".into()),
+                            1 => ResumeFailure::Service { status: Some(500), code: None, message: "x".into() },
+                            _ => ResumeFailure::Service { status: Some(400), code: None, message: "x".into() },
+                        };
+                        w.s.resume_failed(w.now, &f);
+                        w.settle();
+                    }
+                    Step::Signal(n) => {
+                        let sigs = [Signal::Interrupt, Signal::Quit, Signal::Suspend, Signal::Terminate, Signal::HangUp];
+                        w.local(Local::Signal(sigs[n as usize % sigs.len()]));
+                    }
+                    Step::Escape => w.local(Local::End(LocalEnd::Escape)),
+                    Step::Send(n) => w.local(Local::Send { payload_type: PayloadType::OUTPUT, payload: Bytes::from(vec![n; 10]), priority: Priority::Data }),
+                    Step::InputEnded => w.local(Local::InputEnded),
+                    Step::HandlerEnded(n) => {
+                        let e = match n % 3 { 0 => HandlerExit::Done, 1 => HandlerExit::OutputClosed, _ => HandlerExit::OutputFailed("x".into()) };
+                        w.local(Local::HandlerEnded(e));
+                    }
+                    Step::Terminated => { w.s.terminate_done(w.now); w.settle(); }
+                    Step::ToggleAcks => w.acks = !w.acks,
+                }
+            }
+            // Whatever happened, a user who leaves (SIGTERM) gets out within the timers, even
+            // with an agent that went silent and a handler that never returns.
+            w.acks = false;
+            w.local(Local::Signal(Signal::Terminate));
+            let mut waited = Duration::ZERO;
+            while !w.s.is_ended() {
+                prop_assert!(waited <= secs(30), "still not ended after {waited:?}: {:?}", w.events.last());
+                match w.s.poll_timeout() {
+                    Some(t) => {
+                        let d = t.saturating_duration_since(w.now).max(Duration::from_millis(1));
+                        waited += d;
+                        w.advance(d);
+                    }
+                    None => prop_assert!(false, "no timer and not ended"),
+                }
+            }
+            prop_assert!(w.s.poll_timeout().is_none());
+        }
+    }
+}

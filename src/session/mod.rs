@@ -164,7 +164,8 @@ pub async fn run(settings: Settings) -> Outcome {
                     }
                 }
             }
-            if !deliver(&mut s, &mut handler, &mut stash, now) {
+            deliver(&mut s, &mut handler, &mut stash, now);
+            if !s.has_events() {
                 break;
             }
         }
@@ -197,7 +198,9 @@ pub async fn run(settings: Settings) -> Outcome {
             }
         }
         let deadline = s.poll_timeout().map(Instant::from_std);
-        let writer_room = writer_full.then(|| link.as_ref().map(|l| l.tx.clone())).flatten();
+        let writer_room = writer_full
+            .then(|| link.as_ref().map(|l| l.tx.clone()))
+            .flatten();
         let stash_room = match (&handler, &stash) {
             (Some(Handler { tx: Some(tx), .. }), Some(_)) => Some(tx.clone()),
             _ => None,
@@ -281,20 +284,17 @@ pub async fn run(settings: Settings) -> Outcome {
     }
 }
 
-/// Hands the machine's deliveries to the handler while its queue has room. Returns whether
-/// anything moved (so new events may be waiting).
+/// Hands the machine's deliveries to the handler while its queue has room.
 fn deliver(
     s: &mut Session,
     handler: &mut Option<Handler>,
     stash: &mut Option<FromAgent>,
     now: std::time::Instant,
-) -> bool {
-    let mut moved = false;
+) {
     while stash.is_none() {
         let Some((payload_type, payload)) = s.poll_delivery(now) else {
             break;
         };
-        moved = true;
         let msg = FromAgent::Message {
             payload_type,
             payload,
@@ -308,7 +308,6 @@ fn deliver(
             None => tracing::debug!("a {} payload with no handler, dropped", payload_type.name()),
         }
     }
-    moved
 }
 
 /// Opens the first connection with the StartSession response's StreamUrl and token.
@@ -400,7 +399,9 @@ async fn join_handler(handler: &mut Option<Handler>) -> HandlerExit {
                 tracing::error!("the session handler failed: {e}");
                 HandlerExit::Failed {
                     exit: crate::exit::Exit::Software,
-                    message: format!("internal error in the session handler ({e}); please report it"),
+                    message: format!(
+                        "internal error in the session handler ({e}); please report it"
+                    ),
                 }
             }
         },

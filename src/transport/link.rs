@@ -68,10 +68,15 @@ impl Link {
             client_id: client_id.to_string(),
             client_version: WIRE_VERSION.into(),
         };
-        tokio::time::timeout(opts.timeouts.upgrade, sink.send(Message::Text(open.to_json().into())))
-            .await
-            .map_err(|_| TransportError::Upgrade("the service did not take the session token in time".into()))?
-            .map_err(|e| TransportError::Upgrade(format!("sending the session token: {e}")))?;
+        tokio::time::timeout(
+            opts.timeouts.upgrade,
+            sink.send(Message::Text(open.to_json().into())),
+        )
+        .await
+        .map_err(|_| {
+            TransportError::Upgrade("the service did not take the session token in time".into())
+        })?
+        .map_err(|e| TransportError::Upgrade(format!("sending the session token: {e}")))?;
         let (tx, mut wrx) = mpsc::channel::<Message>(256);
         let (rtx, rx) = mpsc::channel::<LinkIn>(256);
         let lost_tx = rtx.clone();

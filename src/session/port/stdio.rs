@@ -10,8 +10,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::channel::Priority;
-use crate::session::handshake::version_greater;
 use crate::session::core::TERMINATE_FLAG_MIN_AGENT;
+use crate::session::handshake::version_greater;
 use crate::session::{FromAgent, HandlerContext, HandlerExit, ToAgent};
 use crate::wire::{FlagValue, PayloadType};
 
