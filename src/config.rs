@@ -28,6 +28,10 @@ pub const ENV_BIND_ADDRESS_AWS: &str = "SSM_PLUGIN_LOCAL_HOST";
 /// Seconds we keep trying to resume a lost connection (ResumeSession + a new websocket) before
 /// giving up (default 120).
 pub const ENV_RECONNECT_TIMEOUT: &str = "SESSION_MANAGER_PLUGIN_RECONNECT_TIMEOUT";
+/// Seconds the agent has to start the session (send its handshake or first output).
+pub const ENV_START_TIMEOUT: &str = "SESSION_MANAGER_PLUGIN_START_TIMEOUT";
+/// Default for [`ENV_START_TIMEOUT`].
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Default for how long we try to resume a lost connection ([`ENV_RECONNECT_TIMEOUT`]).
 pub const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -53,6 +57,8 @@ pub struct Env {
     pub give_up: Duration,
     /// How long to try resuming a lost connection.
     pub reconnect_timeout: Duration,
+    /// How long the agent has to start the session.
+    pub start_timeout: Duration,
     /// Listener bind address (or host name) for port forwarding; `None` means loopback.
     pub bind_address: Option<String>,
 }
@@ -75,6 +81,9 @@ impl Env {
                 .map_or(DEFAULT_PAYLOAD_SIZE, |v| (v as usize).clamp(64, 64 * 1024)),
             give_up: Duration::from_secs(num(ENV_GIVE_UP).unwrap_or(300).max(5)),
             reconnect_timeout: num(ENV_RECONNECT_TIMEOUT).map_or(DEFAULT_RECONNECT_TIMEOUT, |v| {
+                Duration::from_secs(v.clamp(1, 24 * 3600))
+            }),
+            start_timeout: num(ENV_START_TIMEOUT).map_or(DEFAULT_START_TIMEOUT, |v| {
                 Duration::from_secs(v.clamp(1, 24 * 3600))
             }),
             bind_address: [ENV_BIND_ADDRESS, ENV_BIND_ADDRESS_AWS]

@@ -77,6 +77,7 @@ fn run_session(args: cli::SessionArgs) -> ExitCode {
         max_payload: settings_env.payload_size,
         aws: ssm_plugin::aws::Aws::new(&args),
         reconnect_timeout: settings_env.reconnect_timeout,
+        start_timeout: settings_env.start_timeout,
         bind_address: settings_env.bind_address.clone(),
         args,
     };

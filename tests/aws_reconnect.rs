@@ -194,7 +194,11 @@ async fn ecs_exec_resumes_through_the_ssm_endpoint_not_the_ecs_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_session_failing_gives_up_clearly_with_exit_69() {
     let world = World::start(resume_config()).await;
-    world.api.set_fault("ResumeSession", Fault::access_denied());
+    // A 5xx is worth retrying until the budget runs out.
+    world.api.set_fault(
+        "ResumeSession",
+        Fault::error(503, "ServiceUnavailable", "try again later"),
+    );
     let started = world.start_session(TARGET, None, &[]);
     let id = started.session_id.clone();
     let home = Home::with_keys("default", KEY, SECRET);
@@ -208,9 +212,8 @@ async fn resume_session_failing_gives_up_clearly_with_exit_69() {
     assert_eq!(out.status.code(), Some(69), "{out}");
     assert!(out.stderr.contains("resuming session..."), "{out}");
     assert!(
-        out.stderr.contains(
-            "could not be resumed within 3 s: ResumeSession failed: AccessDeniedException"
-        ),
+        out.stderr
+            .contains("could not be resumed within 3 s: ResumeSession failed: ServiceUnavailable"),
         "{out}"
     );
     assert!(
@@ -219,6 +222,38 @@ async fn resume_session_failing_gives_up_clearly_with_exit_69() {
         "{out}"
     );
     assert!(world.calls("ResumeSession").len() >= 2, "retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_denied_on_resume_ends_at_once_without_retrying() {
+    let world = World::start(resume_config()).await;
+    world.api.set_fault("ResumeSession", Fault::access_denied());
+    let started = world.start_session(TARGET, None, &[]);
+    let id = started.session_id.clone();
+    let home = Home::with_keys("default", KEY, SECRET);
+    let mut p = Running::spawn(plugin(
+        &world,
+        &started,
+        &home,
+        "",
+        TARGET,
+        &world.api.url(),
+    ));
+    p.write(b"V=kept-42\n").await;
+    check_state(&mut p, 0).await;
+    assert!(world.sim.cut(&id));
+    let out = p.finish(LIMIT).await;
+    assert_eq!(out.status.code(), Some(69), "{out}");
+    assert!(
+        out.stderr
+            .contains("cannot be resumed: ResumeSession failed: AccessDeniedException"),
+        "{out}"
+    );
+    assert_eq!(
+        world.calls("ResumeSession").len(),
+        1,
+        "a final answer is not retried"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -258,7 +258,7 @@ async fn a_stalled_local_reader_gets_everything_and_the_session_goes_on() {
         p.child.try_wait().unwrap().is_none(),
         "plugin still running"
     );
-    p.signal(libc::SIGTERM);
+    p.signal(libc::SIGINT);
     assert!(p.wait(T).await.success());
     sim.shutdown();
 }

@@ -125,7 +125,7 @@ async fn unix_case(agent: &str) {
     assert_eq!((n, got), (len, sent));
     w.shutdown().await.unwrap();
     assert_eq!(recv_seen(&mut seen, T).await.bytes, len);
-    p.signal(libc::SIGTERM);
+    p.signal(libc::SIGINT);
     assert!(p.wait(T).await.success());
     assert!(!sock.exists(), "the socket file is removed at exit");
     sim.shutdown();

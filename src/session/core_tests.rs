@@ -54,6 +54,7 @@ impl World {
             session_id: "sess-1".into(),
             channel,
             reconnect_timeout: secs(120),
+            start_timeout: SESSION_TYPE_TIMEOUT,
             legacy_cli: false,
             initial_size: None,
         };
@@ -342,11 +343,17 @@ fn agent_never_sends_a_type_error_after_sixty_seconds() {
 }
 
 #[test]
-fn escape_ends_a_running_shell_with_the_flag_once_acknowledged() {
+fn escape_ends_a_shell_through_the_api_which_shells_act_on() {
     let mut w = World::shell();
     w.local(Local::End(LocalEnd::Escape));
-    assert!(w.sent_flag(FlagValue::TerminateSession));
-    assert!(!w.asked_api(), "the agent acknowledged the flag");
+    assert!(
+        !w.sent_flag(FlagValue::TerminateSession),
+        "shell plugins ignore flags"
+    );
+    assert!(w.asked_api());
+    assert_eq!(w.outcome(), None, "waits (bounded) for the API");
+    w.s.terminate_done(w.now);
+    w.settle();
     assert_eq!(
         w.outcome(),
         Some(Outcome {
@@ -357,8 +364,17 @@ fn escape_ends_a_running_shell_with_the_flag_once_acknowledged() {
 }
 
 #[test]
+fn a_port_session_ends_with_the_flag_once_acknowledged() {
+    let mut w = World::port();
+    w.local(Local::End(LocalEnd::Escape));
+    assert!(w.sent_flag(FlagValue::TerminateSession));
+    assert!(!w.asked_api(), "the agent acknowledged the flag");
+    assert_eq!(w.outcome().map(|o| o.exit), Some(Exit::Normal));
+}
+
+#[test]
 fn an_unacknowledged_flag_falls_back_to_the_api_within_the_bounds() {
-    let mut w = World::shell();
+    let mut w = World::port();
     w.acks = false;
     w.local(Local::End(LocalEnd::Escape));
     assert!(w.sent_flag(FlagValue::TerminateSession));
@@ -410,8 +426,14 @@ fn sigint_in_a_port_session_during_an_outage_ends_it() {
 fn sighup_tells_the_agent_then_ends_with_129() {
     let mut w = World::shell();
     w.local(Local::Signal(Signal::HangUp));
-    assert!(w.sent_flag(FlagValue::TerminateSession));
-    assert_eq!(w.outcome(), Some(signal_ended(1)));
+    assert!(w.asked_api());
+    assert_eq!(w.outcome(), None);
+    w.advance(TERMINATE_TIMEOUT);
+    assert_eq!(
+        w.outcome(),
+        Some(signal_ended(1)),
+        "bounded even when the API does not answer"
+    );
 }
 
 #[test]
@@ -455,7 +477,9 @@ fn a_second_sigterm_while_ending_leaves_at_once() {
 fn a_broken_pipe_on_stdout_is_a_quiet_end_that_tells_the_agent() {
     let mut w = World::shell();
     w.local(Local::HandlerEnded(HandlerExit::OutputClosed));
-    assert!(w.sent_flag(FlagValue::TerminateSession));
+    assert!(w.asked_api());
+    w.s.terminate_done(w.now);
+    w.settle();
     assert_eq!(
         w.outcome(),
         Some(Outcome {
@@ -472,7 +496,9 @@ fn a_local_write_error_ends_the_session_and_tells_the_agent() {
     w.local(Local::HandlerEnded(HandlerExit::OutputFailed(
         "No space left on device".into(),
     )));
-    assert!(w.sent_flag(FlagValue::TerminateSession));
+    assert!(w.asked_api());
+    w.s.terminate_done(w.now);
+    w.settle();
     let o = w.outcome().expect("ended");
     assert_eq!(o.exit, Exit::Io);
     assert!(matches!(&o.report, Report::Error(t) if t.contains("No space left on device")));

@@ -59,6 +59,8 @@ pub struct Settings {
     pub aws: Arc<Aws>,
     /// How long a lost connection may take to resume before we give up.
     pub reconnect_timeout: Duration,
+    /// How long the agent has to start the session.
+    pub start_timeout: Duration,
     /// The user's bind address for port listeners.
     pub bind_address: Option<String>,
 }
@@ -83,6 +85,7 @@ pub async fn run(settings: Settings) -> Outcome {
             session_id: settings.args.response.session_id.clone(),
             channel: settings.channel.clone(),
             reconnect_timeout: settings.reconnect_timeout,
+            start_timeout: settings.start_timeout,
             legacy_cli: settings.args.legacy_cli,
             initial_size: shell::initial_size(),
         },

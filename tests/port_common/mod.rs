@@ -572,7 +572,7 @@ pub async fn basic_echo_session(limits: bool, mib: usize) {
         p.child.try_wait().unwrap().is_none(),
         "plugin still running"
     );
-    p.signal(libc::SIGTERM);
+    p.signal(libc::SIGINT);
     assert!(p.wait(T).await.success());
     sim.shutdown();
 }
