@@ -16,6 +16,9 @@ log "building (debug and the test binaries)"
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked --no-run
 
+log "clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 run_tests() {
   cargo test --workspace --locked --offline "$@"
 }

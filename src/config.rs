@@ -96,12 +96,13 @@ impl Env {
 
     /// The channel configuration these settings imply.
     pub fn channel_config(&self) -> channel::Config {
-        let mut c = channel::Config::default();
-        c.give_up_after = self.give_up;
-        c.frame_budget =
-            (self.frame_rate > 0).then(|| channel::FrameBudget::per_second(self.frame_rate));
-        c.seed = rand::random();
-        c
+        channel::Config {
+            give_up_after: self.give_up,
+            frame_budget: (self.frame_rate > 0)
+                .then(|| channel::FrameBudget::per_second(self.frame_rate)),
+            seed: rand::random(),
+            ..channel::Config::default()
+        }
     }
 }
 

@@ -43,7 +43,7 @@ fn run(cmd: &mut std::process::Command) {
 /// Writes the files one ProxyCommand run needs: a fresh session's response and request.
 fn session_files(sim: &agent_sim::SimHandle, dir: &Path, name: &str, sshd_port: u16) -> String {
     let (st, req) = start(
-        &sim,
+        sim,
         "AWS-StartSSHSession",
         &[("portNumber", &sshd_port.to_string())],
     );

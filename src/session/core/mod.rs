@@ -421,16 +421,14 @@ impl Session {
     /// The next agent payload for the handler. Call it only while the handler has room; a
     /// payload taken while no handler runs is for nobody and is dropped by the driver.
     pub fn poll_delivery(&mut self, now: Instant) -> Option<(PayloadType, Bytes)> {
-        loop {
-            match self.inbox.pop_front()? {
-                Inbox::Message(t, p) => {
-                    self.pump(now);
-                    return Some((t, p));
-                }
-                Inbox::Closed(output) => {
-                    self.on_closed(now, output);
-                    return None;
-                }
+        match self.inbox.pop_front()? {
+            Inbox::Message(t, p) => {
+                self.pump(now);
+                Some((t, p))
+            }
+            Inbox::Closed(output) => {
+                self.on_closed(now, output);
+                None
             }
         }
     }
