@@ -15,7 +15,8 @@
 //! - [`aws`]: credentials, SigV4, KMS, ResumeSession and TerminateSession through the AWS SDK.
 //! - [`cli`]: the argv/environment contract the AWS CLI relies on.
 //! - [`config`]: the `SESSION_MANAGER_PLUGIN_*` settings.
-//! - [`exit`]: the one table of exit statuses; [`ui`]: the lines the user sees.
+//! - [`exit`]: the one table of exit statuses; [`ui`]: the lines the user sees; [`term`]: the
+//!   local terminal (raw mode, size) and its restore on every way out.
 
 pub mod aws;
 pub mod channel;
@@ -24,6 +25,7 @@ pub mod config;
 pub mod exit;
 pub mod session;
 pub mod smux;
+pub mod term;
 pub mod transport;
 pub mod ui;
 pub mod wire;

@@ -84,7 +84,7 @@ fn run_session(args: cli::SessionArgs) -> ExitCode {
     let result = runtime.block_on(session::run(settings));
     // Whatever happened (an error return leaves the shell handler unfinished), the terminal
     // goes back to how the user had it before anything below is printed.
-    session::shell::restore_terminal();
+    ssm_plugin::term::restore();
     // Background tasks (stdin readers) must not keep the process alive.
     runtime.shutdown_background();
     report(ui, &session_id, &result);

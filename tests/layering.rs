@@ -48,7 +48,9 @@ fn sans_io_cores_do_no_io_and_read_no_clock() {
     let mut offences = Vec::new();
     for f in &files {
         let name = f.file_name().unwrap().to_string_lossy();
-        if name == "tests.rs" || name.ends_with("_tests.rs") {
+        let rel = f.strip_prefix(root).unwrap_or(f);
+        let in_tests = rel.components().any(|c| c.as_os_str() == "tests");
+        if name == "tests.rs" || name.ends_with("_tests.rs") || in_tests {
             continue;
         }
         let text = std::fs::read_to_string(f).unwrap();

@@ -12,8 +12,6 @@
 //! while the machine wants input, and takes the handler's data only while the machine has room.
 
 pub mod core;
-#[cfg(test)]
-mod core_tests;
 pub mod handler;
 pub mod handshake;
 pub mod port;

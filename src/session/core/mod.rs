@@ -136,6 +136,8 @@ pub use outage::{classify_resume, ResumeVerdict};
 mod ending;
 mod outage;
 mod start;
+#[cfg(test)]
+mod tests;
 
 /// A data key from KMS: the plaintext for the channel's keys and the ciphertext for the agent.
 pub struct DataKey {

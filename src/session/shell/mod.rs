@@ -13,7 +13,6 @@
 //! session machine's (see `session::core`); this handler only watches the window size.
 
 pub mod escape;
-pub mod terminal;
 
 use std::io::Read;
 use std::time::Duration;
@@ -26,6 +25,7 @@ use tokio::time::Instant;
 use super::handshake::SessionKind;
 use super::{FromAgent, HandlerContext, HandlerExit, LocalEnd, ToAgent};
 use crate::channel::Priority;
+use crate::term as terminal;
 use crate::wire::{self, PayloadType, SizeData};
 use escape::{Action, Escapes};
 
@@ -44,12 +44,6 @@ const INPUT_AHEAD_FRAMES: usize = 4;
 /// keystroke, and it discards it while a handshake is in progress (port sessions).
 pub fn initial_size() -> Option<SizeData> {
     terminal::has_terminal().then(terminal::remote_size)
-}
-
-/// Puts the local terminal back as it was before the session (idempotent). `main` calls it
-/// after the session however it ended.
-pub fn restore_terminal() {
-    terminal::restore();
 }
 
 /// Watches SIGWINCH and SIGCONT on a thread of its own (a resize or a return from suspension:
