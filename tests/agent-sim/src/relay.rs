@@ -175,6 +175,11 @@ where
         }
         link.conn = Some((id, tx.clone()));
         link.disconnected_at = None;
+        // The agent finished between the check above and now: its channel_closed follows the
+        // queued output on this connection.
+        if let Some(f) = sess.pending_farewell() {
+            let _ = tx.send(WsCmd::Farewell(f));
+        }
         drop(link);
         let mut st = sess.stats();
         st.connections += 1;

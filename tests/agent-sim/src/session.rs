@@ -309,15 +309,17 @@ impl Session {
         tracing::info!(session = %self.id, output = %output, "agent finished");
         self.stats().end_output = Some(output.clone());
         let frame = channel_closed_frame(&self.id, &output);
+        // Under the link lock, so a connection registering at the same moment either is here
+        // (and gets the farewell now) or registers after and finds it pending (see relay).
+        let link = lock(&self.link);
         if !self.abandoned.load(std::sync::atomic::Ordering::SeqCst) {
             *lock(&self.farewell) = Some((frame.clone(), std::time::Instant::now()));
         }
-        let link = lock(&self.link);
         if let Some((_, tx)) = &link.conn {
             let _ = tx.send(WsCmd::Farewell(frame));
         }
-        drop(link);
         self.ended.send_replace(Some(output));
+        drop(link);
     }
 
     /// A websocket has written the `channel_closed`: the session may now refuse resumes.

@@ -123,19 +123,30 @@ pub(crate) async fn run_pty(dc: Arc<DataChannel>, argv: Vec<String>, _login_shel
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     };
-    tokio::select! {
-        _ = pump => {
-            // Success path: drain, then tell MGS the session is terminating.
-            dc.prepare_to_close().await;
-            sess.agent_state("Terminating");
-            let _ = killer.kill();
-            let _ = waiter.await;
-            String::new()
+    tokio::pin!(pump);
+    let mut waiter = waiter;
+    // The shell ends when the pty reports end of file, as in the agent. A pty slave that leaked
+    // into another process (a child spawned by the host between openpty and the close-on-exec
+    // flag) keeps that end of file from ever coming, so the shell's exit ends the session too,
+    // once its last output has drained.
+    let child_done = tokio::select! {
+        _ = &mut pump => false,
+        _ = &mut waiter => {
+            let _ = tokio::time::timeout(Duration::from_millis(300), &mut pump).await;
+            true
         }
         _ = dc.cancelled() => {
             let _ = killer.kill();
             let _ = waiter.await;
-            String::new()
+            return String::new();
         }
+    };
+    // Success path: drain, then tell MGS the session is terminating.
+    dc.prepare_to_close().await;
+    sess.agent_state("Terminating");
+    if !child_done {
+        let _ = killer.kill();
+        let _ = waiter.await;
     }
+    String::new()
 }
