@@ -40,9 +40,16 @@ pub enum Invocation {
     Session(Box<SessionArgs>),
 }
 
-/// A secret string: never printed by `Debug` or `Display`.
+/// A secret string (the session token): never printed by `Debug` or `Display`, and zeroed in
+/// memory when dropped.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
 
 impl Secret {
     /// Wraps a secret.

@@ -106,29 +106,81 @@ impl Env {
     }
 }
 
+/// Dependencies whose debug and trace output can carry secrets or session data: tungstenite
+/// logs every frame (the OpenDataChannelInput with the token, every payload) and the upgrade
+/// request (SigV4 `Authorization` and `x-amz-security-token`); the HTTP and signing stacks log
+/// requests and canonical requests. They are capped at `info` whatever level is asked for; our
+/// own logs never print a token, a key or payload bytes (only sizes).
+pub const LEAKY_LOG_TARGETS: &[&str] = &[
+    "tungstenite",
+    "tokio_tungstenite",
+    "aws_sigv4",
+    "aws_smithy_runtime",
+    "aws_smithy_runtime_api",
+    "aws_smithy_http",
+    "aws_smithy_http_client",
+    "aws_smithy_types",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "rustls",
+    "tokio_rustls",
+];
+
+fn leaky(target: &str) -> bool {
+    LEAKY_LOG_TARGETS
+        .iter()
+        .any(|t| target == *t || target.strip_prefix(t).is_some_and(|r| r.starts_with("::")))
+}
+
 /// Sets up logging: warnings and errors on stderr by default, or the level and file asked for.
+/// Colour only on a terminal.
 pub fn init_logging(env: &Env) {
-    use tracing_subscriber::EnvFilter;
+    use std::io::IsTerminal;
+    use tracing_subscriber::filter::{filter_fn, EnvFilter, FilterExt};
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
     let filter = EnvFilter::try_new(env.log.as_deref().unwrap_or("warn"))
         .unwrap_or_else(|_| EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
+    let cap = filter_fn(|m| !(leaky(m.target()) && *m.level() > tracing::Level::INFO));
+    let mut writer = None;
     if let Some(path) = &env.log_file {
         match std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
         {
-            Ok(f) => {
-                let _ = builder
-                    .with_ansi(false)
-                    .with_writer(std::sync::Mutex::new(f))
-                    .try_init();
-                return;
-            }
+            Ok(f) => writer = Some((BoxMakeWriter::new(std::sync::Mutex::new(f)), false)),
             Err(e) => eprintln!("Warning: cannot open the log file {path}: {e}; logging to stderr"),
         }
     }
-    let _ = builder.with_writer(std::io::stderr).try_init();
+    let (writer, ansi) = writer.unwrap_or_else(|| {
+        (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::stderr().is_terminal(),
+        )
+    });
+    let layer = tracing_subscriber::fmt::layer()
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_writer(writer)
+        .with_filter(filter.and(cap));
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::leaky;
+
+    #[test]
+    fn leaky_targets_match_by_crate() {
+        assert!(leaky("tungstenite::protocol"));
+        assert!(leaky("tungstenite"));
+        assert!(leaky("aws_smithy_runtime::client::orchestrator"));
+        assert!(!leaky("tungstenite_extra"));
+        assert!(!leaky("ssm_plugin::session"));
+    }
 }

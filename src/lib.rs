@@ -23,6 +23,7 @@ pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod exit;
+pub mod scrub;
 pub mod session;
 pub mod smux;
 pub mod term;

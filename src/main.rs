@@ -14,11 +14,10 @@ use ssm_plugin::{config, transport};
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     let invocation = cli::parse(&args, |k| std::env::var(k).ok());
-    if let Some(name) = cli::response_env_name(&args) {
-        // Still single-threaded: no other thread can be reading the environment. Removing it
-        // keeps the token away from every child process (ssh, shells) we may start.
-        std::env::remove_var(name);
-    }
+    // Still single-threaded: the token and AWS secrets leave the blocks other processes can
+    // read (/proc/PID/environ, /proc/PID/cmdline) and the response variable leaves our
+    // environment, so no child process (ssh, shells) sees it either.
+    ssm_plugin::scrub::secrets(cli::response_env_name(&args).as_deref());
     match invocation {
         Ok(Invocation::Banner) => {
             print!("{}", cli::INSTALLED_BANNER);

@@ -262,6 +262,11 @@ impl Running {
         )
     }
 
+    /// The plugin's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Sends a signal to the plugin.
     pub fn signal(&self, sig: i32) {
         if let Some(pid) = self.child.id() {
