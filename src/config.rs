@@ -59,6 +59,8 @@ pub struct Env {
     pub reconnect_timeout: Duration,
     /// How long the agent has to start the session.
     pub start_timeout: Duration,
+    /// Extra hosts the session token may be sent to (`SESSION_MANAGER_PLUGIN_ALLOWED_HOSTS`).
+    pub allowed_hosts: Option<String>,
     /// Listener bind address (or host name) for port forwarding; `None` means loopback.
     pub bind_address: Option<String>,
 }
@@ -86,6 +88,8 @@ impl Env {
             start_timeout: num(ENV_START_TIMEOUT).map_or(DEFAULT_START_TIMEOUT, |v| {
                 Duration::from_secs(v.clamp(1, 24 * 3600))
             }),
+            allowed_hosts: get(crate::transport::allow::ENV_ALLOWED_HOSTS)
+                .filter(|v| !v.trim().is_empty()),
             bind_address: [ENV_BIND_ADDRESS, ENV_BIND_ADDRESS_AWS]
                 .iter()
                 .filter_map(|k| get(k))

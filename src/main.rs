@@ -77,6 +77,7 @@ fn run_session(args: cli::SessionArgs) -> ExitCode {
         aws: ssm_plugin::aws::Aws::new(&args),
         reconnect_timeout: settings_env.reconnect_timeout,
         start_timeout: settings_env.start_timeout,
+        allowed_hosts: settings_env.allowed_hosts.clone(),
         bind_address: settings_env.bind_address.clone(),
         args,
     };

@@ -281,6 +281,16 @@ async fn exit_64_for_arguments_and_session_responses_we_cannot_use() {
     let (code, _, err) = run(&args, &[]).await;
     assert_eq!(code, Some(64), "StreamUrl that is no ws/wss URL: {err}");
     assert!(err.contains("ws://"), "{err}");
+    // A host that is not Session Manager never gets the token.
+    let args = session_args(&response("wss://collector.example.com/v1/data-channel/s-1"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = run(&args, &[]).await;
+    assert_eq!(code, Some(64), "not a Session Manager host: {err}");
+    assert!(
+        err.contains("collector.example.com")
+            && err.contains("SESSION_MANAGER_PLUGIN_ALLOWED_HOSTS"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -49,6 +49,8 @@ pub enum ResumeFailure {
     },
     /// No answer: network, timeout, credentials not resolvable right now, the new websocket.
     Network(String),
+    /// An answer we must not use (a StreamUrl that is not a Session Manager endpoint).
+    Unusable(String),
 }
 
 /// What ResumeSession returned.

@@ -32,6 +32,7 @@ use self::core::{DataKey, Event, Local, Outcome, ResumeFailure, Session};
 use crate::aws::Aws;
 use crate::channel;
 use crate::cli::{Secret, SessionArgs};
+use crate::transport::allow;
 use crate::transport::link::{Link, LinkIn};
 use crate::transport::{ConnectOptions, TransportError};
 use crate::ui::Ui;
@@ -59,6 +60,8 @@ pub struct Settings {
     pub reconnect_timeout: Duration,
     /// How long the agent has to start the session.
     pub start_timeout: Duration,
+    /// Hosts besides AWS's and loopback the token may be sent to.
+    pub allowed_hosts: Option<String>,
     /// The user's bind address for port listeners.
     pub bind_address: Option<String>,
 }
@@ -251,7 +254,7 @@ pub async fn run(settings: Settings) -> Outcome {
                         s.transport_restored(now);
                     }
                     Err(e) => {
-                        let usage = matches!(e, TransportError::BadUrl(_));
+                        let usage = matches!(e, TransportError::BadUrl(_) | TransportError::NotAllowed(_));
                         s.connect_failed(now, e.to_string(), usage);
                     }
                 }
@@ -313,6 +316,8 @@ fn deliver(
 
 /// Opens the first connection with the StartSession response's StreamUrl and token.
 async fn first_connect(s: Settings) -> Result<Link, TransportError> {
+    allow::check(&s.args.response.stream_url, s.allowed_hosts.as_deref())
+        .map_err(TransportError::NotAllowed)?;
     open_link(
         &s,
         &s.args.response.stream_url,
@@ -331,6 +336,7 @@ async fn resume(s: Settings) -> Result<Link, ResumeFailure> {
         .stream_url
         .clone()
         .unwrap_or_else(|| s.args.response.stream_url.clone());
+    allow::check(&url, s.allowed_hosts.as_deref()).map_err(ResumeFailure::Unusable)?;
     let region = s.aws.signing_region().to_owned();
     open_link(
         &s,

@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use url::Url;
 
+pub mod allow;
 pub mod link;
 
 /// The websocket type the session driver uses.
@@ -81,6 +82,9 @@ pub enum TransportError {
         /// cause
         reason: String,
     },
+    /// The StreamUrl names a host that is not a Session Manager endpoint (see [`allow`]).
+    #[error("{0}")]
+    NotAllowed(String),
     /// The service answered the upgrade with an error or did not answer in time.
     #[error("the Session Manager service refused the connection: {0}")]
     Upgrade(String),

@@ -250,6 +250,7 @@ pub fn classify_resume(f: &ResumeFailure) -> ResumeVerdict {
     match f {
         ResumeFailure::Expired => ResumeVerdict::Expired,
         ResumeFailure::Network(m) => ResumeVerdict::Retry(m.clone()),
+        ResumeFailure::Unusable(m) => ResumeVerdict::Final(m.clone()),
         ResumeFailure::Service {
             status,
             code,
