@@ -150,28 +150,32 @@ pub fn init_logging(env: &Env) {
     let filter = EnvFilter::try_new(env.log.as_deref().unwrap_or("warn"))
         .unwrap_or_else(|_| EnvFilter::new("warn"));
     let cap = filter_fn(|m| !(leaky(m.target()) && *m.level() > tracing::Level::INFO));
-    let mut writer = None;
+    let filter = filter.and(cap);
     if let Some(path) = &env.log_file {
         match std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
         {
-            Ok(f) => writer = Some((BoxMakeWriter::new(std::sync::Mutex::new(f)), false)),
+            Ok(f) => {
+                let layer = tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_ansi(false)
+                    .with_writer(BoxMakeWriter::new(std::sync::Mutex::new(f)))
+                    .with_filter(filter);
+                let _ = tracing_subscriber::registry().with(layer).try_init();
+                return;
+            }
             Err(e) => eprintln!("Warning: cannot open the log file {path}: {e}; logging to stderr"),
         }
     }
-    let (writer, ansi) = writer.unwrap_or_else(|| {
-        (
-            BoxMakeWriter::new(std::io::stderr),
-            std::io::stderr().is_terminal(),
-        )
-    });
+    // On the user's stderr: one short line per message, no timestamps, colour on a terminal.
     let layer = tracing_subscriber::fmt::layer()
+        .without_time()
         .with_target(false)
-        .with_ansi(ansi)
-        .with_writer(writer)
-        .with_filter(filter.and(cap));
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .with_filter(filter);
     let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 

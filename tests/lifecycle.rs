@@ -429,3 +429,32 @@ async fn exit_77_when_kms_refuses_the_key() {
         .await;
     assert_eq!(out.status.code(), Some(77), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_credentials_stderr_stays_quiet() {
+    let world = World::start(fast_config()).await;
+    let s = world.start_session(TARGET, None, &[]);
+    let home = Home::empty();
+    let mut cmd = plugin(&world, &s, &home, "", TARGET, &world.api.url());
+    cmd.env_remove("SESSION_MANAGER_PLUGIN_LOG")
+        .env_remove("SESSION_MANAGER_PLUGIN_LOG_FILE");
+    let mut p = Running::spawn(cmd);
+    p.write(b"echo up-$((1+1))\n").await;
+    p.wait_stdout("up-2", LIMIT).await;
+    // Ending tells the agent through the API, which cannot be signed here.
+    p.signal(libc::SIGTERM);
+    let out = p.finish(LIMIT).await;
+    assert_eq!(out.status.code(), Some(143), "{out}");
+    // One actionable line about the credentials, no SDK dump, no colour in a pipe.
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert!(
+        lines[0].contains("no credentials found (looked in:"),
+        "{out}"
+    );
+    assert!(!out.stderr.contains('\x1b'), "{out}");
+}

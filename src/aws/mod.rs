@@ -136,7 +136,7 @@ impl Aws {
                 format!(
                     "cannot get AWS credentials{}: {}",
                     self.profile_note(),
-                    DisplayErrorContext(&e)
+                    one_line(&DisplayErrorContext(&e).to_string())
                 )
             })?;
             Ok((config, creds))
@@ -405,6 +405,31 @@ impl Aws {
     }
 }
 
+/// The SDK's multi-line error texts (the credential chain lists every provider it tried, then
+/// repeats it all as a Debug dump) as one line: the first sentence, and for a provider chain
+/// the names of the providers tried.
+fn one_line(text: &str) -> String {
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or("").trim();
+    let tried: Vec<&str> = lines
+        .filter_map(|l| {
+            let l = l.strip_prefix("  ")?;
+            let (name, _) = l.split_once(':')?;
+            (!name.contains(' ')).then_some(name)
+        })
+        .collect();
+    // Cut the Debug dump that follows the Display text.
+    let first = first.split(" (").next().unwrap_or(first);
+    if tried.is_empty() {
+        first.to_owned()
+    } else {
+        format!(
+            "no credentials found (looked in: {}); set a profile (--profile, AWS_PROFILE) or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run `aws sso login`",
+            tried.join(", ")
+        )
+    }
+}
+
 /// `Code: message` for service errors, the whole cause chain for the rest.
 fn describe_sdk_error<E, R>(e: &aws_smithy_runtime_api::client::result::SdkError<E, R>) -> String
 where
@@ -418,11 +443,11 @@ where
             match (err.code(), err.message()) {
                 (Some(c), Some(m)) => format!("{c}: {m}"),
                 (Some(c), None) => c.to_owned(),
-                _ => DisplayErrorContext(e).to_string(),
+                _ => one_line(&DisplayErrorContext(e).to_string()),
             }
         }
         SdkError::TimeoutError(_) => "the request timed out".to_owned(),
-        _ => DisplayErrorContext(e).to_string(),
+        _ => one_line(&DisplayErrorContext(e).to_string()),
     }
 }
 
@@ -478,6 +503,23 @@ pub fn ssm_endpoint(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_credential_chain_dump_becomes_one_line() {
+        let dump = "the credential provider was not enabled: no credentials found in chain. Attempted:\n  Environment: the credential provider was not enabled: environment variable not set\n  Profile: the credential provider was not enabled\n  Ec2InstanceMetadata: the credential provider was not enabled: IMDS disabled (CredentialsNotLoaded(CredentialsNotLoaded { source: Some(ProviderChainError { attempts: [] }) }))";
+        let line = super::one_line(dump);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.starts_with(
+                "no credentials found (looked in: Environment, Profile, Ec2InstanceMetadata)"
+            ),
+            "{line}"
+        );
+        assert_eq!(
+            super::one_line("dispatch failure: io error (ConnectError(..))"),
+            "dispatch failure: io error"
+        );
+    }
+
     use super::*;
 
     fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
