@@ -146,7 +146,15 @@ pub fn parse(
         return Err(CliError::InvalidOperation);
     }
     let raw_response = if args[1].starts_with(RESPONSE_ENV_PREFIX) {
-        getenv(&args[1]).unwrap_or_default()
+        match getenv(&args[1]).filter(|v| !v.trim().is_empty()) {
+            Some(v) => v,
+            None => {
+                return Err(CliError::StartSession(format!(
+                    "the environment variable {} that should hold the StartSession response is not set or empty",
+                    args[1]
+                )))
+            }
+        }
     } else {
         args[1].clone()
     };
@@ -226,7 +234,12 @@ pub fn parse_parameters(raw: &str) -> Result<RequestParameters, CliError> {
     })?;
     let target = match obj.get("Target") {
         Some(Value::String(s)) => s.clone(),
-        _ => {
+        Some(other) => {
+            return Err(CliError::StartSession(format!(
+                "Target in the session parameters is not a string (it is {other})"
+            )))
+        }
+        None => {
             return Err(CliError::StartSession(
                 "the session parameters have no Target".to_owned(),
             ))
@@ -371,7 +384,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "Cannot perform start session: unexpected end of JSON input"
+            "Cannot perform start session: the environment variable AWS_SSM_START_SESSION_RESPONSE_X that should hold the StartSession response is not set or empty"
         );
         let e = parse(
             &os(&["p", r#"{"SessionId":"a"}"#, "r", "StartSession", ""]),
@@ -381,5 +394,15 @@ mod tests {
         assert!(e.to_string().contains("no TokenValue"), "{e}");
         let e = parse(&os(&["p", RESP, "r", "StartSession", "", "{}"]), noenv).unwrap_err();
         assert!(e.to_string().contains("no Target"), "{e}");
+    }
+
+    #[test]
+    fn a_target_that_is_no_string_says_so() {
+        let e = parse_parameters(r#"{"Target":5}"#).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("Target in the session parameters is not a string (it is 5)"),
+            "{e}"
+        );
     }
 }

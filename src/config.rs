@@ -63,6 +63,8 @@ pub struct Env {
     pub allowed_hosts: Option<String>,
     /// Listener bind address (or host name) for port forwarding; `None` means loopback.
     pub bind_address: Option<String>,
+    /// One line per setting whose value could not be used, for stderr.
+    pub warnings: Vec<String>,
 }
 
 impl Env {
@@ -73,21 +75,87 @@ impl Env {
 
     /// Reads from any lookup function (tests).
     pub fn from_fn(get: impl Fn(&str) -> Option<String>) -> Self {
-        let num = |k: &str| get(k).and_then(|v| v.trim().parse::<u64>().ok());
+        let mut warnings = Vec::new();
+        // A number within `min..=max`; anything else is reported with the value used instead.
+        let mut num = |k: &str, default: u64, min: u64, max: u64, unit: &str| -> u64 {
+            let Some(raw) = get(k).filter(|v| !v.trim().is_empty()) else {
+                return default;
+            };
+            match raw.trim().parse::<u64>() {
+                Ok(v) if (min..=max).contains(&v) => v,
+                Ok(v) => {
+                    let used = v.clamp(min, max);
+                    warnings.push(format!(
+                        "Warning: {k}={raw} is outside {min}..={max}{unit}; using {used}."
+                    ));
+                    used
+                }
+                Err(_) => {
+                    warnings.push(format!(
+                        "Warning: {k}={raw} is not a whole number{unit}; using the default {default}."
+                    ));
+                    default
+                }
+            }
+        };
+        let frame_rate = num(
+            ENV_FRAME_RATE,
+            u64::from(DEFAULT_FRAME_RATE),
+            0,
+            1_000_000,
+            " (frames per second)",
+        ) as u32;
+        let payload_size = num(
+            ENV_PAYLOAD_SIZE,
+            DEFAULT_PAYLOAD_SIZE as u64,
+            64,
+            64 * 1024,
+            " (bytes)",
+        ) as usize;
+        let give_up = Duration::from_secs(num(ENV_GIVE_UP, 300, 5, 24 * 3600, " (seconds)"));
+        let reconnect_timeout = Duration::from_secs(num(
+            ENV_RECONNECT_TIMEOUT,
+            DEFAULT_RECONNECT_TIMEOUT.as_secs(),
+            1,
+            24 * 3600,
+            " (seconds)",
+        ));
+        let start_timeout = Duration::from_secs(num(
+            ENV_START_TIMEOUT,
+            DEFAULT_START_TIMEOUT.as_secs(),
+            1,
+            24 * 3600,
+            " (seconds)",
+        ));
+        let messages = get(ENV_MESSAGES).filter(|v| !v.trim().is_empty());
+        let messages_to_stderr = match messages.as_deref().map(str::trim) {
+            None => false,
+            Some(v) if v.eq_ignore_ascii_case("stderr") => true,
+            Some(v) if v.eq_ignore_ascii_case("stdout") => false,
+            Some(v) => {
+                warnings.push(format!(
+                    "Warning: {ENV_MESSAGES}={v} is neither stdout nor stderr; using stdout."
+                ));
+                false
+            }
+        };
+        let log = get(ENV_LOG).filter(|v| !v.is_empty());
+        if let Some(l) = &log {
+            if tracing_subscriber::EnvFilter::try_new(l).is_err() {
+                warnings.push(format!(
+                    "Warning: {ENV_LOG}={l} is not a log level or filter (error, warn, info, debug, trace); using warn."
+                ));
+            }
+        }
         Self {
-            messages_to_stderr: get(ENV_MESSAGES).is_some_and(|v| v.eq_ignore_ascii_case("stderr")),
-            log: get(ENV_LOG).filter(|v| !v.is_empty()),
+            messages_to_stderr,
+            log,
             log_file: get(ENV_LOG_FILE).filter(|v| !v.is_empty()),
-            frame_rate: num(ENV_FRAME_RATE).map_or(DEFAULT_FRAME_RATE, |v| v.min(1_000_000) as u32),
-            payload_size: num(ENV_PAYLOAD_SIZE)
-                .map_or(DEFAULT_PAYLOAD_SIZE, |v| (v as usize).clamp(64, 64 * 1024)),
-            give_up: Duration::from_secs(num(ENV_GIVE_UP).unwrap_or(300).max(5)),
-            reconnect_timeout: num(ENV_RECONNECT_TIMEOUT).map_or(DEFAULT_RECONNECT_TIMEOUT, |v| {
-                Duration::from_secs(v.clamp(1, 24 * 3600))
-            }),
-            start_timeout: num(ENV_START_TIMEOUT).map_or(DEFAULT_START_TIMEOUT, |v| {
-                Duration::from_secs(v.clamp(1, 24 * 3600))
-            }),
+            frame_rate,
+            payload_size,
+            give_up,
+            reconnect_timeout,
+            start_timeout,
             allowed_hosts: get(crate::transport::allow::ENV_ALLOWED_HOSTS)
                 .filter(|v| !v.trim().is_empty()),
             bind_address: [ENV_BIND_ADDRESS, ENV_BIND_ADDRESS_AWS]
@@ -95,6 +163,7 @@ impl Env {
                 .filter_map(|k| get(k))
                 .map(|v| v.trim().to_owned())
                 .find(|v| !v.is_empty()),
+            warnings,
         }
     }
 
@@ -181,7 +250,34 @@ pub fn init_logging(env: &Env) {
 
 #[cfg(test)]
 mod tests {
-    use super::leaky;
+    use super::{leaky, Env};
+
+    #[test]
+    fn unusable_values_are_reported_with_the_value_used() {
+        let env = Env::from_fn(|k| match k {
+            "SESSION_MANAGER_PLUGIN_PAYLOAD_SIZE" => Some("10".into()),
+            "SESSION_MANAGER_PLUGIN_RECONNECT_TIMEOUT" => Some("soon".into()),
+            "SESSION_MANAGER_PLUGIN_MESSAGES" => Some("screen".into()),
+            "SESSION_MANAGER_PLUGIN_LOG" => Some("loud[".into()),
+            "SESSION_MANAGER_PLUGIN_MAX_FRAME_RATE" => Some("500".into()),
+            _ => None,
+        });
+        assert_eq!(env.payload_size, 64);
+        assert_eq!(env.reconnect_timeout.as_secs(), 120);
+        assert_eq!(env.frame_rate, 500);
+        let w = env.warnings.join("\n");
+        assert_eq!(env.warnings.len(), 4, "{w}");
+        assert!(
+            w.contains(
+                "SESSION_MANAGER_PLUGIN_PAYLOAD_SIZE=10 is outside 64..=65536 (bytes); using 64."
+            ),
+            "{w}"
+        );
+        assert!(w.contains("SESSION_MANAGER_PLUGIN_RECONNECT_TIMEOUT=soon is not a whole number (seconds); using the default 120."), "{w}");
+        assert!(w.contains("SESSION_MANAGER_PLUGIN_MESSAGES=screen"), "{w}");
+        assert!(w.contains("SESSION_MANAGER_PLUGIN_LOG=loud["), "{w}");
+        assert!(Env::from_fn(|_| None).warnings.is_empty());
+    }
 
     #[test]
     fn leaky_targets_match_by_crate() {

@@ -46,6 +46,9 @@ fn main() -> ExitCode {
 fn run_session(args: cli::SessionArgs) -> ExitCode {
     let settings_env = config::Env::from_process();
     config::init_logging(&settings_env);
+    for w in &settings_env.warnings {
+        eprintln!("{w}");
+    }
     let ui = Ui {
         to_stderr: settings_env.messages_to_stderr,
     };

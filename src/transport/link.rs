@@ -73,9 +73,7 @@ impl Link {
             sink.send(Message::Text(open.to_json().into())),
         )
         .await
-        .map_err(|_| {
-            TransportError::Upgrade("the service did not take the session token in time".into())
-        })?
+        .map_err(|_| TransportError::NoAnswer(opts.timeouts.upgrade))?
         .map_err(|e| TransportError::Upgrade(format!("sending the session token: {e}")))?;
         let (tx, mut wrx) = mpsc::channel::<Message>(256);
         let (rtx, rx) = mpsc::channel::<LinkIn>(256);

@@ -75,7 +75,7 @@ pub enum TransportError {
         reason: String,
     },
     /// TLS failed.
-    #[error("TLS handshake with {host} failed: {reason}; if you are behind a TLS-inspecting proxy, point SSL_CERT_FILE at its CA bundle")]
+    #[error("TLS handshake with {host} failed: {reason}{}", tls_hint(reason))]
     Tls {
         /// host
         host: String,
@@ -85,9 +85,22 @@ pub enum TransportError {
     /// The StreamUrl names a host that is not a Session Manager endpoint (see [`allow`]).
     #[error("{0}")]
     NotAllowed(String),
-    /// The service answered the upgrade with an error or did not answer in time.
+    /// The service answered the upgrade with an error.
     #[error("the Session Manager service refused the connection: {0}")]
     Upgrade(String),
+    /// The service did not answer the upgrade (or take the token) in time.
+    #[error("the Session Manager service did not answer the websocket upgrade within {:.1} s; check your network and proxy settings", .0.as_secs_f32())]
+    NoAnswer(Duration),
+}
+
+/// The `SSL_CERT_FILE` hint, for certificate errors only.
+fn tls_hint(reason: &str) -> &'static str {
+    let r = reason.to_ascii_lowercase();
+    if r.contains("certificate") || r.contains("issuer") || r.contains("cert") {
+        "; if you are behind a TLS-inspecting proxy, point SSL_CERT_FILE at its CA bundle"
+    } else {
+        ""
+    }
 }
 
 /// A proxy to tunnel through, from the environment.
@@ -363,7 +376,7 @@ pub async fn connect(url: &str, opts: &ConnectOptions) -> Result<Ws, TransportEr
         tokio_tungstenite::client_async_with_config(request, stream, Some(config)),
     )
     .await
-    .map_err(|_| TransportError::Upgrade("no answer to the websocket upgrade in time".into()))?
+    .map_err(|_| TransportError::NoAnswer(opts.timeouts.upgrade))?
     .map_err(|e| TransportError::Upgrade(describe_ws_error(&e)))?;
     Ok(ws)
 }
@@ -460,7 +473,14 @@ mod tests {
         let e = connect(&format!("ws://127.0.0.1:{port}/x"), &opts)
             .await
             .unwrap_err();
-        assert!(matches!(e, TransportError::Upgrade(_)), "{e}");
+        assert!(matches!(e, TransportError::NoAnswer(_)), "{e}");
+        assert!(e.to_string().contains("did not answer"), "{e}");
         keep.abort();
+    }
+
+    #[test]
+    fn the_certificate_hint_only_for_certificate_errors() {
+        assert!(tls_hint("invalid peer certificate: UnknownIssuer").contains("SSL_CERT_FILE"));
+        assert_eq!(tls_hint("connection reset by peer"), "");
     }
 }
