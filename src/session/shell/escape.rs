@@ -1,6 +1,8 @@
 //! ssh-style escapes typed on the local terminal: at the start of a line (or of the session),
-//! `~.` ends the session, `~?` lists the escapes and `~~` sends one `~`. A `~` followed by
-//! anything else is sent as typed. This is the way out of a session whose remote side hangs
+//! `~.` ends the session, `~?` lists the escapes, `~~` sends one `~` and `~-` turns escapes off
+//! for the rest of the session (for a remote program that needs `~` at line starts, as AWS's
+//! plugin added in 1.2.835.0). A `~` followed by anything else is sent as typed. A line starts
+//! after CR as well as LF. This is the way out of a session whose remote side hangs
 //! or ignores input. Pure: bytes in, actions out.
 
 /// The escape character.
@@ -8,7 +10,7 @@ pub const ESCAPE: u8 = b'~';
 
 /// The list `~?` prints (CR LF: the terminal is in raw input mode, and `\r\n` is right in
 /// any output mode).
-pub const HELP: &str = "Supported escape sequences:\r\n  ~.  - end the session\r\n  ~?  - this message\r\n  ~~  - send the escape character by typing it twice\r\n(Escapes are only recognized immediately after a newline.)\r\n";
+pub const HELP: &str = "Supported escape sequences:\r\n  ~.  - end the session\r\n  ~?  - this message\r\n  ~~  - send the escape character by typing it twice\r\n  ~-  - turn escapes off for the rest of the session\r\n(Escapes are only recognized immediately after a newline.)\r\n";
 
 /// What the typed bytes mean.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +28,7 @@ pub enum Action {
 pub struct Escapes {
     at_line_start: bool,
     tilde_held: bool,
+    off: bool,
 }
 
 impl Default for Escapes {
@@ -44,6 +47,7 @@ impl Escapes {
         Self {
             at_line_start: true,
             tilde_held: false,
+            off: false,
         }
     }
 
@@ -52,6 +56,10 @@ impl Escapes {
         let mut actions = Vec::new();
         let mut data = Vec::with_capacity(input.len() + 1);
         for &b in input {
+            if self.off {
+                data.push(b);
+                continue;
+            }
             if self.tilde_held {
                 self.tilde_held = false;
                 match b {
@@ -74,6 +82,7 @@ impl Escapes {
                         data.push(ESCAPE);
                         self.at_line_start = false;
                     }
+                    b'-' => self.off = true,
                     other => {
                         data.extend_from_slice(&[ESCAPE, other]);
                         self.at_line_start = is_newline(other);
@@ -149,6 +158,15 @@ mod tests {
             run(&[b"\r~?~."]),
             vec![send(b"\r"), Action::Help, Action::Terminate]
         );
+    }
+
+    #[test]
+    fn tilde_minus_turns_escapes_off_for_good() {
+        assert_eq!(
+            run(&[b"~-", b"~.\r", b"~."]),
+            vec![send(b"~.\r"), send(b"~.")]
+        );
+        assert_eq!(run(&[b"a\r~-~?"]), vec![send(b"a\r~?")]);
     }
 
     #[test]
