@@ -23,6 +23,8 @@ pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod exit;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod scrub;
 pub mod session;
 pub mod smux;
