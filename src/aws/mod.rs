@@ -263,7 +263,7 @@ impl Aws {
         self: &Arc<Self>,
         key_id: &str,
         challenge: Option<&str>,
-    ) -> Result<(Vec<u8>, Vec<u8>), String> {
+    ) -> Result<(zeroize::Zeroizing<Vec<u8>>, Vec<u8>), String> {
         let work = async {
             let (config, creds) = self
                 .credentials(KMS_TIMEOUT)
@@ -292,7 +292,7 @@ impl Aws {
             })?;
             let plaintext = out
                 .plaintext()
-                .map(|b| b.as_ref().to_vec())
+                .map(|b| zeroize::Zeroizing::new(b.as_ref().to_vec()))
                 .ok_or("Error calling KMS GenerateDataKey API: the answer has no Plaintext")?;
             let blob = out
                 .ciphertext_blob()

@@ -141,8 +141,8 @@ mod tests;
 
 /// A data key from KMS: the plaintext for the channel's keys and the ciphertext for the agent.
 pub struct DataKey {
-    /// Plaintext key material (64 bytes).
-    pub plaintext: Vec<u8>,
+    /// Plaintext key material (64 bytes), zeroed when dropped.
+    pub plaintext: zeroize::Zeroizing<Vec<u8>>,
     /// The encrypted key, for the agent.
     pub ciphertext: Vec<u8>,
 }
