@@ -250,7 +250,10 @@ impl Channel {
             Priority::Data => self.config.outgoing_window,
             Priority::Control => self.config.outgoing_window + CONTROL_RESERVE,
         };
-        if used >= limit {
+        if used >= limit
+            || (priority == Priority::Data
+                && self.out.queued_len() >= self.config.max_unsent.max(1))
+        {
             return Err(SendError::Full);
         }
         let payload = match &self.keys {
@@ -274,9 +277,16 @@ impl Channel {
         if self.state != State::Open {
             return 0;
         }
-        self.config
+        let window = self
+            .config
             .outgoing_window
-            .saturating_sub(self.out.queued_len() + self.out.unacked_len())
+            .saturating_sub(self.out.queued_len() + self.out.unacked_len());
+        let unsent = self
+            .config
+            .max_unsent
+            .max(1)
+            .saturating_sub(self.out.queued_len());
+        window.min(unsent)
     }
 
     /// Turns payload encryption on with the session keys from the KMS data key.

@@ -21,8 +21,54 @@ fn config() -> Config {
         frame_budget: None,
         created_epoch_ms: EPOCH,
         seed: 7,
+        // Most tests are about the window; `unsent_data_is_capped_so_control_goes_first` is
+        // about this cap.
+        max_unsent: usize::MAX,
         ..Config::default()
     }
+}
+
+#[test]
+fn unsent_data_is_capped_so_bulk_waits_upstream() {
+    let t0 = start();
+    let mut ch = Channel::new(
+        Config {
+            frame_budget: Some(FrameBudget::per_second(100)),
+            max_unsent: 4,
+            ..config()
+        },
+        t0,
+    );
+    // The burst goes out at once; then the pacer holds data back, at most 4 messages of it.
+    let mut accepted = 0;
+    while ch.send_capacity() > 0 && accepted < 100 {
+        send(&mut ch, t0, b"bulk");
+        accepted += 1;
+        drain_raw(&mut ch, t0);
+    }
+    assert_eq!(ch.stats().queued, 4, "{:?}", ch.stats());
+    assert_eq!(
+        ch.send(
+            t0,
+            PayloadType::OUTPUT,
+            Bytes::from_static(b"more"),
+            Priority::Data
+        ),
+        Err(SendError::Full)
+    );
+    // A keystroke or resize still gets in, ahead of the queued bulk.
+    assert_eq!(
+        ch.send(
+            t0,
+            PayloadType::OUTPUT,
+            Bytes::from_static(b"k"),
+            Priority::Control
+        ),
+        Ok(())
+    );
+    let next = ch.poll_timeout().expect("pacer");
+    let first = drain(&mut ch, next);
+    assert_eq!(first.first().map(|m| &m.payload[..]), Some(&b"k"[..]));
 }
 
 fn agent_id(seq: i64) -> Uuid {

@@ -18,6 +18,11 @@ pub struct Config {
     /// Pacing of our `input_stream_data` transmissions (first sends and resends); `None` means
     /// unpaced.
     pub frame_budget: Option<FrameBudget>,
+    /// Most data messages queued but not yet transmitted (held back by the pacer). Beyond it
+    /// `send` reports `Full`, so bulk data waits upstream (in the local socket, where each
+    /// connection waits its turn) instead of in one FIFO ahead of the pacer: a keystroke or a
+    /// new connection's first bytes then leave within a few frames, not seconds.
+    pub max_unsent: usize,
     /// How long the oldest unacked message may stay unacked, counting only time while connected
     /// and not paused, before the channel fails with [`Error::TimedOut`].
     pub give_up_after: Duration,
@@ -34,6 +39,7 @@ impl Default for Config {
             outgoing_window: 2048,
             incoming_capacity: 10_000,
             frame_budget: Some(FrameBudget::default()),
+            max_unsent: 16,
             give_up_after: Duration::from_secs(120),
             created_epoch_ms: 0,
             seed: 0,

@@ -55,7 +55,7 @@ const RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
 const STABLE_LINK: Duration = Duration::from_secs(10);
 /// Data the handler gave us while the send window was full, in order. Beyond it we stop taking
 /// the handler's data, which back-pressures the handler.
-const MAX_HELD: usize = 64;
+const MAX_HELD: usize = 16;
 /// Agent messages taken from the channel ahead of the handler; beyond it the channel's own
 /// queue fills and we stop reading the websocket (back-pressure towards the agent).
 const MAX_INBOX: usize = 64;
@@ -402,12 +402,37 @@ impl Session {
         self.ch.stats()
     }
 
-    /// The next websocket frame to send.
+    /// The next websocket frame to send. Each frame that leaves makes room for held data, which
+    /// moves into the channel here, so a paced or windowed transfer never waits for another
+    /// input to go on.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
         if !matches!(self.link, Link::Up { .. }) || self.is_ended() {
             return None;
         }
-        self.ch.poll_transmit(now)
+        if let Some(f) = self.ch.poll_transmit(now) {
+            return Some(f);
+        }
+        if self.refill(now) {
+            self.ch.poll_transmit(now)
+        } else {
+            None
+        }
+    }
+
+    /// Moves held data into the channel as far as it takes it; whether anything moved.
+    pub(super) fn refill(&mut self, now: Instant) -> bool {
+        let mut moved = false;
+        while self.ch.send_capacity() > 0 {
+            let Some((t, p)) = self.held.pop_front() else {
+                break;
+            };
+            if self.ch.send(now, t, p.clone(), Priority::Data).is_err() {
+                self.held.push_front((t, p));
+                break;
+            }
+            moved = true;
+        }
+        moved
     }
 
     /// Whether [`poll_event`](Self::poll_event) has something (deliveries can queue events).
@@ -503,15 +528,7 @@ impl Session {
 
     /// Moves data, events and endings along; called after every input.
     pub(super) fn pump(&mut self, now: Instant) {
-        while self.ch.send_capacity() > 0 {
-            let Some((t, p)) = self.held.pop_front() else {
-                break;
-            };
-            if self.ch.send(now, t, p.clone(), Priority::Data).is_err() {
-                self.held.push_front((t, p));
-                break;
-            }
-        }
+        self.refill(now);
         while self.inbox.len() < MAX_INBOX && !self.is_ended() {
             let Some(ev) = self.ch.poll_event() else {
                 break;
