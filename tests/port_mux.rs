@@ -309,3 +309,36 @@ async fn a_small_upload_beside_a_bulk_upload_is_not_queued_behind_it() {
     drop(p);
     sim.shutdown();
 }
+
+/// Three uploads started together share the paced link: they finish together, not one after
+/// another (one after another, the last would take three times as long as the first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_uploads_share_the_link_and_finish_together() {
+    let mut cfg = sim_config(true, AGENT);
+    cfg.mux_half_close = true;
+    let sim = sim(cfg).await;
+    let (dport, _seen) = server("127.0.0.1", Behaviour::Digest).await;
+    let (st, req) = start(&sim, DOC, &[("portNumber", &dport.to_string())]);
+    let p = Plugin::spawn(Launch {
+        started: &st,
+        request: &req,
+        env: vec![],
+        stdio: false,
+    });
+    let port = p.port(&st.session_id).await;
+    let tasks: Vec<_> = (0..3)
+        .map(|i| tokio::spawn(upload(port, 20 + i, MIB)))
+        .collect();
+    let mut took = Vec::new();
+    for t in tasks {
+        took.push(t.await.unwrap());
+    }
+    eprintln!("three concurrent 1 MiB uploads took {took:?}");
+    let (min, max) = (took.iter().min().unwrap(), took.iter().max().unwrap());
+    assert!(
+        max.as_secs_f64() < min.as_secs_f64() * 1.5,
+        "uploads did not share the link: {took:?}"
+    );
+    drop(p);
+    sim.shutdown();
+}
