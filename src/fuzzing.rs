@@ -134,8 +134,8 @@ pub fn session_machine(data: &[u8]) -> Duration {
     let cfg = Config {
         session_id: "fuzz".into(),
         channel,
-        reconnect_timeout: Duration::from_secs(120),
-        start_timeout: Duration::from_secs(60),
+        reconnect_timeout: crate::config::DEFAULT_RECONNECT_TIMEOUT,
+        start_timeout: crate::config::DEFAULT_START_TIMEOUT,
         legacy_cli: false,
         initial_size: None,
     };

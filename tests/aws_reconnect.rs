@@ -191,6 +191,29 @@ async fn ecs_exec_resumes_through_the_ssm_endpoint_not_the_ecs_one() {
     assert_eq!(world.calls("ResumeSession").len(), 1);
 }
 
+/// Runs a shell until it works, then loses its websocket (a cut, or the service's 1000 "Bye"),
+/// and returns how the plugin ended.
+async fn shell_losing_its_link(
+    world: &World,
+    started: &agent_sim::Started,
+    env: &[(&str, &str)],
+    bye: bool,
+) -> Finished {
+    let home = Home::with_keys("default", KEY, SECRET);
+    let mut cmd = plugin(world, started, &home, "", TARGET, &world.api.url());
+    cmd.envs(env.iter().copied());
+    let mut p = Running::spawn(cmd);
+    p.write(b"V=kept-42\n").await;
+    check_state(&mut p, 0).await;
+    let id = &started.session_id;
+    assert!(if bye {
+        world.sim.close_bye(id)
+    } else {
+        world.sim.cut(id)
+    });
+    p.finish(LIMIT).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_session_failing_gives_up_clearly_with_exit_69() {
     let world = World::start(resume_config()).await;
@@ -200,15 +223,13 @@ async fn resume_session_failing_gives_up_clearly_with_exit_69() {
         Fault::error(503, "ServiceUnavailable", "try again later"),
     );
     let started = world.start_session(TARGET, None, &[]);
-    let id = started.session_id.clone();
-    let home = Home::with_keys("default", KEY, SECRET);
-    let mut cmd = plugin(&world, &started, &home, "", TARGET, &world.api.url());
-    cmd.env("SESSION_MANAGER_PLUGIN_RECONNECT_TIMEOUT", "3");
-    let mut p = Running::spawn(cmd);
-    p.write(b"V=kept-42\n").await;
-    check_state(&mut p, 0).await;
-    assert!(world.sim.cut(&id));
-    let out = p.finish(LIMIT).await;
+    let out = shell_losing_its_link(
+        &world,
+        &started,
+        &[("SESSION_MANAGER_PLUGIN_RECONNECT_TIMEOUT", "3")],
+        false,
+    )
+    .await;
     assert_eq!(out.status.code(), Some(69), "{out}");
     assert!(out.stderr.contains("resuming session..."), "{out}");
     assert!(
@@ -229,20 +250,7 @@ async fn access_denied_on_resume_ends_at_once_without_retrying() {
     let world = World::start(resume_config()).await;
     world.api.set_fault("ResumeSession", Fault::access_denied());
     let started = world.start_session(TARGET, None, &[]);
-    let id = started.session_id.clone();
-    let home = Home::with_keys("default", KEY, SECRET);
-    let mut p = Running::spawn(plugin(
-        &world,
-        &started,
-        &home,
-        "",
-        TARGET,
-        &world.api.url(),
-    ));
-    p.write(b"V=kept-42\n").await;
-    check_state(&mut p, 0).await;
-    assert!(world.sim.cut(&id));
-    let out = p.finish(LIMIT).await;
+    let out = shell_losing_its_link(&world, &started, &[], false).await;
     assert_eq!(out.status.code(), Some(69), "{out}");
     assert!(
         out.stderr
@@ -265,19 +273,7 @@ async fn resume_without_a_token_means_the_session_timed_out() {
         "ResumeSession",
         Fault::Reply(serde_json::json!({ "SessionId": id })),
     );
-    let home = Home::with_keys("default", KEY, SECRET);
-    let mut p = Running::spawn(plugin(
-        &world,
-        &started,
-        &home,
-        "",
-        TARGET,
-        &world.api.url(),
-    ));
-    p.write(b"V=kept-42\n").await;
-    check_state(&mut p, 0).await;
-    assert!(world.sim.close_bye(&id));
-    let out = p.finish(LIMIT).await;
+    let out = shell_losing_its_link(&world, &started, &[], true).await;
     assert_eq!(out.status.code(), Some(69), "{out}");
     assert!(
         out.stderr.contains(&format!("Session: {id} timed out.")),

@@ -19,13 +19,17 @@ const LIMIT: Duration = Duration::from_secs(40);
 /// loaded CI machine running a debug build.
 const QUICK: Duration = Duration::from_secs(4);
 
-fn env_for_pty(world: &World) -> Vec<(&'static str, String)> {
-    vec![
-        ("AWS_ENDPOINT_URL_SSM", world.api.url()),
-        ("AWS_ENDPOINT_URL_KMS", world.api.url()),
-        ("AWS_ACCESS_KEY_ID", KEY.into()),
-        ("AWS_SECRET_ACCESS_KEY", SECRET.into()),
-    ]
+/// The plugin on a pseudo-terminal, its SSM and KMS calls going to the fake API with the test
+/// keys from the environment.
+fn pty_plugin(world: &World, started: &agent_sim::Started) -> shell_support::PtyPlugin {
+    let api = world.api.url();
+    let env = [
+        ("AWS_ENDPOINT_URL_SSM", api.as_str()),
+        ("AWS_ENDPOINT_URL_KMS", api.as_str()),
+        ("AWS_ACCESS_KEY_ID", KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET),
+    ];
+    shell_support::PtyPlugin::spawn(started, (80, 24), &env)
 }
 
 /// A ResumeSession that keeps failing with a retryable 500 after the websocket was cut.
@@ -50,9 +54,7 @@ async fn cut_with_failing_resume(world: &World, id: &str) {
 async fn escape_during_an_outage_ends_the_session_at_once_and_at_the_agent() {
     let world = World::start(fast_config()).await;
     let started = world.start_session(TARGET, None, &[]);
-    let env = env_for_pty(&world);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut p = shell_support::PtyPlugin::spawn(&started, (80, 24), &env);
+    let mut p = pty_plugin(&world, &started);
     p.run("echo ready-$((6*7))", "ready-42").await;
     cut_with_failing_resume(&world, &started.session_id).await;
     let t0 = Instant::now();
@@ -115,9 +117,7 @@ async fn sigint_during_an_outage_ends_a_port_session() {
 async fn sighup_on_a_terminal_tells_the_agent_then_exits_129() {
     let world = World::start(fast_config()).await;
     let started = world.start_session(TARGET, None, &[]);
-    let env = env_for_pty(&world);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut p = shell_support::PtyPlugin::spawn(&started, (80, 24), &env);
+    let mut p = pty_plugin(&world, &started);
     let before = p.modes();
     p.run("echo ready-$((6*7))", "ready-42").await;
     assert_ne!(p.modes(), before, "raw mode while the session runs");

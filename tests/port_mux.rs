@@ -62,8 +62,8 @@ async fn listener_lines_and_fifty_concurrent_connections() {
     sim.shutdown();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_half_closes_and_reads_the_answer() {
+/// A session (limits on, agent half-close) to a Digest server; the plugin and its local port.
+async fn digest_session() -> (agent_sim::SimHandle, Plugin, u16) {
     let mut cfg = sim_config(true, AGENT);
     cfg.mux_half_close = true;
     let sim = sim(cfg).await;
@@ -76,6 +76,12 @@ async fn client_half_closes_and_reads_the_answer() {
         stdio: false,
     });
     let port = p.port(&st.session_id).await;
+    (sim, p, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_half_closes_and_reads_the_answer() {
+    let (sim, _p, port) = digest_session().await;
     let mut s = connect("127.0.0.1", port).await;
     let len = 300_000;
     let sent = write_gen(&mut s, 3, len).await;
@@ -285,18 +291,7 @@ async fn upload(port: u16, seed: u64, len: usize) -> Duration {
 /// 2 MiB FIFO it took about half of it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_upload_beside_a_bulk_upload_is_not_queued_behind_it() {
-    let mut cfg = sim_config(true, AGENT);
-    cfg.mux_half_close = true;
-    let sim = sim(cfg).await;
-    let (dport, _seen) = server("127.0.0.1", Behaviour::Digest).await;
-    let (st, req) = start(&sim, DOC, &[("portNumber", &dport.to_string())]);
-    let p = Plugin::spawn(Launch {
-        started: &st,
-        request: &req,
-        env: vec![],
-        stdio: false,
-    });
-    let port = p.port(&st.session_id).await;
+    let (sim, p, port) = digest_session().await;
     let bulk = tokio::spawn(upload(port, 5, 4 * MIB));
     tokio::time::sleep(Duration::from_millis(800)).await;
     let small = upload(port, 6, 1024).await;
@@ -314,18 +309,7 @@ async fn a_small_upload_beside_a_bulk_upload_is_not_queued_behind_it() {
 /// another (one after another, the last would take three times as long as the first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_uploads_share_the_link_and_finish_together() {
-    let mut cfg = sim_config(true, AGENT);
-    cfg.mux_half_close = true;
-    let sim = sim(cfg).await;
-    let (dport, _seen) = server("127.0.0.1", Behaviour::Digest).await;
-    let (st, req) = start(&sim, DOC, &[("portNumber", &dport.to_string())]);
-    let p = Plugin::spawn(Launch {
-        started: &st,
-        request: &req,
-        env: vec![],
-        stdio: false,
-    });
-    let port = p.port(&st.session_id).await;
+    let (sim, p, port) = digest_session().await;
     let tasks: Vec<_> = (0..3)
         .map(|i| tokio::spawn(upload(port, 20 + i, MIB)))
         .collect();

@@ -451,18 +451,6 @@ where
     }
 }
 
-/// AWS's public DNS suffixes (all partitions): an endpoint under one of them is AWS's own.
-const AWS_SUFFIXES: [&str; 8] = [
-    ".amazonaws.com",
-    ".amazonaws.com.cn",
-    ".api.aws",
-    ".c2s.ic.gov",
-    ".sc2s.sgov.gov",
-    ".cloud.adc-e.uk",
-    ".csp.hci.ic.gov",
-    ".amazonaws.eu",
-];
-
 /// Where SSM calls (ResumeSession, TerminateSession) go. `Some(url)`: that URL; `None`: the
 /// SDK resolves it (region, partition, FIPS/dual-stack settings, `AWS_ENDPOINT_URL_SSM`,
 /// `AWS_ENDPOINT_URL`, config-file `endpoint_url`).
@@ -490,7 +478,7 @@ pub fn ssm_endpoint(
     let configured = ["AWS_ENDPOINT_URL_SSM", "AWS_ENDPOINT_URL"]
         .iter()
         .any(|k| getenv(k).is_some_and(|v| !v.is_empty()));
-    let aws_domain = AWS_SUFFIXES.iter().any(|s| host.ends_with(s));
+    let aws_domain = crate::transport::allow::is_aws_domain(&host);
     if configured || aws_domain {
         tracing::debug!(
             "ECS Exec: argv ENDPOINT {endpoint} is ECS's; SSM calls use SSM's endpoint"

@@ -10,7 +10,7 @@ use url::Url;
 pub const ENV_ALLOWED_HOSTS: &str = "SESSION_MANAGER_PLUGIN_ALLOWED_HOSTS";
 
 /// DNS suffixes of AWS partitions (commercial and GovCloud, China, the ISO partitions, the
-/// European sovereign cloud) and of the dual-stack endpoints.
+/// European sovereign cloud) and of the dual-stack endpoints: a host under one of them is AWS's.
 const AWS_SUFFIXES: &[&str] = &[
     "amazonaws.com",
     "amazonaws.com.cn",
@@ -63,6 +63,13 @@ pub fn check(url: &str, extra: Option<&str>) -> Result<Allowed, String> {
     Err(format!(
         "refusing to send the session token to {host}: the StreamUrl ({scheme}://{host}) is not a Session Manager endpoint (wss://ssmmessages.<region>.amazonaws.com and the like). If {host} is your PrivateLink alias or relay, allow it with {ENV_ALLOWED_HOSTS}={host} (wss:// only)"
     ))
+}
+
+/// Whether `host` is under one of AWS's domains (any service).
+pub fn is_aws_domain(host: &str) -> bool {
+    AWS_SUFFIXES
+        .iter()
+        .any(|s| host.strip_suffix(s).is_some_and(|r| r.ends_with('.')))
 }
 
 fn is_loopback(host: &str) -> bool {

@@ -314,11 +314,6 @@ impl Session {
         self.check_ending(now);
     }
 
-    /// Leaves at once with `outcome` (nothing to tell, or telling is pointless).
-    pub(super) fn end_now(&mut self, now: Instant, outcome: Outcome) {
-        self.close(now, outcome);
-    }
-
     pub(super) fn check_ending(&mut self, now: Instant) {
         let idle = self.is_idle();
         let link_up = matches!(self.link, Link::Up { .. });

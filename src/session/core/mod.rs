@@ -27,9 +27,6 @@ use crate::channel::{self, Channel, Priority};
 use crate::exit::Exit;
 use crate::wire::{self, FlagValue, PayloadType, SizeData};
 
-/// Default for how long we wait for the agent to tell us the session type (the reference waits
-/// forever; `SESSION_MANAGER_PLUGIN_START_TIMEOUT`).
-pub const SESSION_TYPE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long an ending waits for the agent to acknowledge more of what we sent last, and how
 /// long a handler gets to flush once the session is over.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,9 +35,6 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub const TERMINATE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a resume may take when the connection drops while a local end waits for acks.
 pub const RESUME_WHILE_ENDING: Duration = Duration::from_secs(10);
-/// The variable that allows more time to resume (named in the give-up message; the value
-/// reaches us through [`Config::reconnect_timeout`]).
-const RECONNECT_TIMEOUT_VARIABLE: &str = "SESSION_MANAGER_PLUGIN_RECONNECT_TIMEOUT";
 /// Agents above this version understand the TerminateSession flag.
 pub const TERMINATE_FLAG_MIN_AGENT: &str = "2.3.722.0";
 /// Attempts at the first connection before giving up (the reference retries 5 times, then
@@ -390,16 +384,6 @@ impl Session {
     /// Whether [`Event::Ended`] was emitted.
     pub fn is_ended(&self) -> bool {
         matches!(self.phase, Phase::Ended)
-    }
-
-    /// The session type, once known.
-    pub fn kind(&self) -> Option<&SessionKind> {
-        self.kind.as_ref()
-    }
-
-    /// Channel counters, for logs.
-    pub fn stats(&self) -> channel::Stats {
-        self.ch.stats()
     }
 
     /// The next websocket frame to send. Each frame that leaves makes room for held data, which

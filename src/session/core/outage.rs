@@ -5,8 +5,7 @@ use std::time::Instant;
 
 use super::{
     Event, Exit, Link, Mode, Outcome, Phase, Report, ResumeFailure, Session, CONNECT_ATTEMPTS,
-    DRAIN_TIMEOUT, RECONNECT_TIMEOUT_VARIABLE, RESUME_WHILE_ENDING, RETRY_FIRST_DELAY,
-    RETRY_MAX_DELAY, STABLE_LINK,
+    DRAIN_TIMEOUT, RESUME_WHILE_ENDING, RETRY_FIRST_DELAY, RETRY_MAX_DELAY, STABLE_LINK,
 };
 
 impl Session {
@@ -39,14 +38,14 @@ impl Session {
                 let text = format!(
                     "the connection to the Session Manager service was lost ({reason}) and could not be resumed within {} s: {last_error}\nCheck your network and AWS credentials (they must allow ssm:ResumeSession), or allow more time with {}=<seconds>.",
                     self.cfg.reconnect_timeout.as_secs(),
-                    RECONNECT_TIMEOUT_VARIABLE
+                    crate::config::ENV_RECONNECT_TIMEOUT
                 );
                 self.link = Link::Gone;
                 self.events.push_back(Event::DropLink);
                 if let Phase::Ending(_) = self.phase {
                     // Already leaving: the ending decides (it stops waiting for acks).
                 } else {
-                    self.end_now(now, Outcome::error(Exit::Unavailable, text));
+                    self.close(now, Outcome::error(Exit::Unavailable, text));
                     return;
                 }
             }
@@ -108,7 +107,7 @@ impl Session {
             } else {
                 Exit::Unavailable
             };
-            self.end_now(now, Outcome::error(exit, error));
+            self.close(now, Outcome::error(exit, error));
             return;
         }
         tracing::debug!("connection attempt {attempt} failed: {error}; retrying");
@@ -137,7 +136,7 @@ impl Session {
         }
         if refused && !self.ever_confirmed {
             self.link = Link::Gone;
-            self.end_now(now, Outcome::error(
+            self.close(now, Outcome::error(
                 Exit::Unavailable,
                 format!("the Session Manager service refused the connection: {reason}; the session token may be expired or already used: start a new session"),
             ));
@@ -200,7 +199,7 @@ impl Session {
             ResumeVerdict::Expired => {
                 let text = format!("Session: {} timed out.", self.cfg.session_id);
                 self.link = Link::Gone;
-                self.end_now(
+                self.close(
                     now,
                     Outcome {
                         exit: Exit::Unavailable,
@@ -213,7 +212,7 @@ impl Session {
                     "the connection to the Session Manager service was lost ({reason}) and the session cannot be resumed: {e}"
                 );
                 self.link = Link::Gone;
-                self.end_now(now, Outcome::error(Exit::Unavailable, text));
+                self.close(now, Outcome::error(Exit::Unavailable, text));
             }
             ResumeVerdict::Retry(e) => {
                 if e != *last_error {

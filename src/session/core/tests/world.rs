@@ -53,7 +53,7 @@ impl World {
             session_id: "sess-1".into(),
             channel,
             reconnect_timeout: secs(120),
-            start_timeout: SESSION_TYPE_TIMEOUT,
+            start_timeout: crate::config::DEFAULT_START_TIMEOUT,
             legacy_cli: false,
             initial_size: None,
         };
