@@ -30,6 +30,11 @@ pub const ENV_BIND_ADDRESS_AWS: &str = "SSM_PLUGIN_LOCAL_HOST";
 pub const ENV_RECONNECT_TIMEOUT: &str = "SESSION_MANAGER_PLUGIN_RECONNECT_TIMEOUT";
 /// Seconds the agent has to start the session (send its handshake or first output).
 pub const ENV_START_TIMEOUT: &str = "SESSION_MANAGER_PLUGIN_START_TIMEOUT";
+/// How many times in a row a port forward whose connection is lost for good is started again
+/// as a new session, keeping its listener (default 5; 0 turns it off).
+pub const ENV_PORT_RESTARTS: &str = "SESSION_MANAGER_PLUGIN_PORT_RESTARTS";
+/// Default for [`ENV_PORT_RESTARTS`].
+pub const DEFAULT_PORT_RESTARTS: u32 = 5;
 /// Default for [`ENV_START_TIMEOUT`].
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -61,6 +66,8 @@ pub struct Env {
     pub start_timeout: Duration,
     /// Extra hosts the session token may be sent to (`SESSION_MANAGER_PLUGIN_ALLOWED_HOSTS`).
     pub allowed_hosts: Option<String>,
+    /// New sessions a lost port forward may start in a row ([`ENV_PORT_RESTARTS`]).
+    pub port_restarts: u32,
     /// Listener bind address (or host name) for port forwarding; `None` means loopback.
     pub bind_address: Option<String>,
     /// One line per setting whose value could not be used, for stderr.
@@ -127,6 +134,13 @@ impl Env {
             24 * 3600,
             " (seconds)",
         ));
+        let port_restarts = num(
+            ENV_PORT_RESTARTS,
+            u64::from(DEFAULT_PORT_RESTARTS),
+            0,
+            1000,
+            " (attempts)",
+        ) as u32;
         let messages = get(ENV_MESSAGES).filter(|v| !v.trim().is_empty());
         let messages_to_stderr = match messages.as_deref().map(str::trim) {
             None => false,
@@ -156,6 +170,7 @@ impl Env {
             give_up,
             reconnect_timeout,
             start_timeout,
+            port_restarts,
             allowed_hosts: get(crate::transport::allow::ENV_ALLOWED_HOSTS)
                 .filter(|v| !v.trim().is_empty()),
             bind_address: [ENV_BIND_ADDRESS, ENV_BIND_ADDRESS_AWS]

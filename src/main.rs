@@ -5,11 +5,11 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 use ssm_plugin::cli::{self, CliError, Invocation};
+use ssm_plugin::config;
 use ssm_plugin::exit::Exit;
 use ssm_plugin::session::core::{Outcome, Report};
 use ssm_plugin::session::{self, Settings};
 use ssm_plugin::ui::Ui;
-use ssm_plugin::{config, transport};
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -62,29 +62,11 @@ fn run_session(args: cli::SessionArgs) -> ExitCode {
             return ExitCode::from(Exit::Software.code());
         }
     };
-    let session_id = args.response.session_id.clone();
-    let url = url::Url::parse(&args.response.stream_url).ok();
-    let settings = Settings {
-        client_id: uuid::Uuid::new_v4(),
-        ui,
-        channel: settings_env.channel_config(),
-        connect: transport::ConnectOptions {
-            timeouts: transport::Timeouts::default(),
-            proxy: url
-                .as_ref()
-                .and_then(|u| transport::proxy_for(u, |k| std::env::var(k).ok())),
-            tls: transport::tls_config(),
-            extra_headers: Vec::new(),
-        },
-        max_payload: settings_env.payload_size,
-        aws: ssm_plugin::aws::Aws::new(&args),
-        reconnect_timeout: settings_env.reconnect_timeout,
-        start_timeout: settings_env.start_timeout,
-        allowed_hosts: settings_env.allowed_hosts.clone(),
-        bind_address: settings_env.bind_address.clone(),
-        args,
-    };
-    let result = runtime.block_on(session::run(settings));
+    let settings = Settings::new(args, &settings_env, ui);
+    let (result, session_id) = runtime.block_on(session::run_forwarding(
+        settings,
+        settings_env.port_restarts,
+    ));
     // Whatever happened (an error return leaves the shell handler unfinished), the terminal
     // goes back to how the user had it before anything below is printed.
     ssm_plugin::term::restore();

@@ -19,7 +19,7 @@ use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata};
 use http::{HeaderName, HeaderValue};
 use tokio::sync::watch;
 
-use crate::cli::{Secret, SessionArgs};
+use crate::cli::{RequestParameters, Secret, SessionArgs, StartSessionResponse};
 
 /// Upper bound on resolving credentials (SSO, assume-role and `credential_process` included).
 pub const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -102,6 +102,123 @@ impl Aws {
             session_id: args.response.session_id.clone(),
             resolved: Mutex::new(None),
         })
+    }
+
+    /// The context for API calls made before any session exists (StartSession and target look-ups
+    /// of the standalone commands, a port forward started again). Does no I/O.
+    pub fn for_api(region: &str, profile: Option<&str>, endpoint: Option<&str>) -> Arc<Self> {
+        Arc::new(Self {
+            region: region.to_owned(),
+            profile: profile.map(str::to_owned),
+            endpoint: endpoint.map(str::to_owned),
+            target: String::new(),
+            session_id: String::new(),
+            resolved: Mutex::new(None),
+        })
+    }
+
+    /// SSM StartSession for `request`, bounded by [`SSM_CALL_TIMEOUT`]. Returns the response and
+    /// the region the session lives in (the one the call was made in).
+    pub async fn start_session(
+        &self,
+        request: &RequestParameters,
+    ) -> Result<(StartSessionResponse, String), String> {
+        let work = async {
+            let (client, _, region) = self.ssm_client(SSM_CALL_TIMEOUT).await?;
+            let mut call = client.start_session().target(&request.target);
+            if let Some(d) = &request.document_name {
+                call = call.document_name(d);
+            }
+            if let Some(r) = &request.reason {
+                call = call.reason(r);
+            }
+            for (k, v) in &request.parameters {
+                call = call.parameters(k, v.clone());
+            }
+            let out = call.send().await.map_err(|e| {
+                format!(
+                    "StartSession for {} failed: {}",
+                    request.target,
+                    describe_sdk_error(&e)
+                )
+            })?;
+            let field = |v: Option<&str>, name: &str| {
+                v.filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .ok_or_else(|| format!("StartSession answered without {name}"))
+            };
+            let response = StartSessionResponse {
+                session_id: field(out.session_id(), "SessionId")?,
+                token_value: Secret::new(field(out.token_value(), "TokenValue")?),
+                stream_url: field(out.stream_url(), "StreamUrl")?,
+            };
+            Ok((response, region))
+        };
+        tokio::time::timeout(SSM_CALL_TIMEOUT, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "StartSession did not answer within {} s",
+                    SSM_CALL_TIMEOUT.as_secs()
+                ))
+            })
+    }
+
+    /// Online managed nodes matching every filter (`tag:KEY`, `tag-key`, `InstanceIds`, ...):
+    /// (node id, its computer name), through DescribeInstanceInformation, every page.
+    pub async fn online_nodes(
+        &self,
+        filters: &[(String, Vec<String>)],
+    ) -> Result<Vec<(String, String)>, String> {
+        use aws_sdk_ssm::types::InstanceInformationStringFilter as Filter;
+        let work = async {
+            let (client, _, _) = self.ssm_client(SSM_CALL_TIMEOUT).await?;
+            let mut found = Vec::new();
+            let mut next: Option<String> = None;
+            loop {
+                let mut call = client.describe_instance_information().max_results(50);
+                for (key, values) in filters.iter().chain(std::iter::once(&(
+                    "PingStatus".to_owned(),
+                    vec!["Online".to_owned()],
+                ))) {
+                    let f = Filter::builder()
+                        .key(key)
+                        .set_values(Some(values.clone()))
+                        .build()
+                        .map_err(|e| format!("bad filter {key}: {e}"))?;
+                    call = call.filters(f);
+                }
+                if let Some(t) = &next {
+                    call = call.next_token(t);
+                }
+                let out = call.send().await.map_err(|e| {
+                    format!(
+                        "DescribeInstanceInformation failed: {}",
+                        describe_sdk_error(&e)
+                    )
+                })?;
+                for i in out.instance_information_list() {
+                    if let Some(id) = i.instance_id() {
+                        found.push((id.to_owned(), i.computer_name().unwrap_or("").to_owned()));
+                    }
+                }
+                next = out
+                    .next_token()
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned);
+                if next.is_none() || found.len() > 1000 {
+                    return Ok(found);
+                }
+            }
+        };
+        tokio::time::timeout(SSM_CALL_TIMEOUT, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "DescribeInstanceInformation did not answer within {} s",
+                    SSM_CALL_TIMEOUT.as_secs()
+                ))
+            })
     }
 
     /// Loads a fresh SDK configuration: files are re-read, so a profile rewritten on disk (an

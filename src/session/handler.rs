@@ -50,6 +50,8 @@ pub enum LocalEnd {
     Escape,
     /// The local terminal went away (read error or end of input on a raw terminal).
     TerminalGone,
+    /// The process no longer needs the session (a SOCKS5 destination left idle).
+    Released,
 }
 
 /// How a handler ended.
@@ -92,4 +94,7 @@ pub struct HandlerContext {
     pub max_payload: usize,
     /// The user's bind address for port listeners (`SESSION_MANAGER_PLUGIN_BIND_ADDRESS`).
     pub bind_address: Option<String>,
+    /// The port listener, when it outlives the session (a restarted forward, a SOCKS5
+    /// destination); a port session that opens one leaves it here.
+    pub listener: super::port::ListenerSlot,
 }

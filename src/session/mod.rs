@@ -64,6 +64,127 @@ pub struct Settings {
     pub allowed_hosts: Option<String>,
     /// The user's bind address for port listeners.
     pub bind_address: Option<String>,
+    /// The port listener, shared with the sessions that continue this one.
+    pub listener: port::ListenerSlot,
+}
+
+impl Settings {
+    /// The settings for a session started with `args` under the environment's settings.
+    pub fn new(args: SessionArgs, env: &crate::config::Env, ui: Ui) -> Self {
+        let url = url::Url::parse(&args.response.stream_url).ok();
+        Self {
+            client_id: uuid::Uuid::new_v4(),
+            ui,
+            channel: env.channel_config(),
+            connect: ConnectOptions {
+                timeouts: crate::transport::Timeouts::default(),
+                proxy: url
+                    .as_ref()
+                    .and_then(|u| crate::transport::proxy_for(u, |k| std::env::var(k).ok())),
+                tls: crate::transport::tls_config(),
+                extra_headers: Vec::new(),
+            },
+            max_payload: env.payload_size,
+            aws: Aws::new(&args),
+            reconnect_timeout: env.reconnect_timeout,
+            start_timeout: env.start_timeout,
+            allowed_hosts: env.allowed_hosts.clone(),
+            bind_address: env.bind_address.clone(),
+            listener: Default::default(),
+            args,
+        }
+    }
+
+    /// The same settings for a new session of the same request (a restarted forward).
+    fn for_new_session(&self, response: crate::cli::StartSessionResponse, region: String) -> Self {
+        let mut next = self.clone();
+        next.args.response = response;
+        if next.args.region.is_empty() {
+            next.args.region = region;
+        }
+        next.aws = Aws::new(&next.args);
+        next
+    }
+}
+
+/// A lost session that lived this long counts as having worked: its restart budget refills.
+const RESTART_STABLE: Duration = Duration::from_secs(60);
+/// Waits before each new session: 1 s, 2 s, 4 s... up to this.
+const RESTART_MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// Runs a session; when it is a port forward with a local listener and its connection is lost
+/// for good (the hourly reconnect refused, the session expired), starts a new session of the
+/// same request (Target, DocumentName, Parameters) and carries on with the same listener, up to
+/// `restarts` times in a row with backoff. Connections open on the old session are closed; new
+/// ones use the new session. Shells never restart: a new shell is a different session.
+/// Returns how the last session ended and its id.
+pub async fn run_forwarding(mut settings: Settings, restarts: u32) -> (Outcome, String) {
+    let mut left = restarts;
+    loop {
+        let began = Instant::now();
+        let id = settings.args.response.session_id.clone();
+        let outcome = run(settings.clone()).await;
+        let listening = settings
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        let request = match &settings.args.parameters {
+            Some(p) if !p.target.is_empty() => p.clone(),
+            _ => return (outcome, id),
+        };
+        if !outcome.lost || !listening || restarts == 0 || settings.args.legacy_cli {
+            return (outcome, id);
+        }
+        if began.elapsed() >= RESTART_STABLE {
+            left = restarts;
+        }
+        let why = match &outcome.report {
+            core::Report::Error(t) | core::Report::Plain(t) | core::Report::ServiceMessage(t) => {
+                t.trim().to_owned()
+            }
+            _ => "the connection was lost".to_owned(),
+        };
+        settings.ui.warn(&format!(
+            "Session {} cannot go on ({why}); starting a new session for {} and keeping the listener open (turn this off with {}=0).",
+            settings.args.response.session_id,
+            request.target,
+            crate::config::ENV_PORT_RESTARTS
+        ));
+        let mut delay = Duration::from_secs(1);
+        let mut signals = signals::Signals::install();
+        let next = loop {
+            if left == 0 {
+                settings.ui.warn(&format!(
+                    "Giving up after {restarts} new sessions in a row ({}).",
+                    crate::config::ENV_PORT_RESTARTS
+                ));
+                return (outcome, id);
+            }
+            left -= 1;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                sig = signals.recv() => {
+                    tracing::debug!(?sig, "signal while starting a new session");
+                    let exit = match sig {
+                        core::Signal::Terminate => crate::exit::Exit::Signal(15),
+                        core::Signal::HangUp => crate::exit::Exit::Signal(1),
+                        _ => crate::exit::Exit::Normal,
+                    };
+                    let report = core::Report::Quiet;
+                    return (Outcome { lost: false, exit, report }, id);
+                }
+            }
+            delay = (delay * 2).min(RESTART_MAX_DELAY);
+            match settings.aws.start_session(&request).await {
+                Ok((response, region)) => break settings.for_new_session(response, region),
+                Err(e) => settings
+                    .ui
+                    .warn(&format!("Cannot start a new session: {e}")),
+            }
+        };
+        settings = next;
+    }
 }
 
 type Op<T> = Pin<Box<dyn Future<Output = T>>>;
@@ -383,6 +504,7 @@ fn start_handler(
         ui: settings.ui,
         max_payload: settings.max_payload,
         bind_address: settings.bind_address.clone(),
+        listener: settings.listener.clone(),
     };
     let join = match kind {
         SessionKind::Port => tokio::spawn(port::run(ctx)),

@@ -150,13 +150,33 @@ pub fn plugin(
     target: &str,
     endpoint: &str,
 ) -> tokio::process::Command {
+    plugin_request(
+        world,
+        started,
+        home,
+        profile,
+        &serde_json::json!({ "Target": target }),
+        endpoint,
+    )
+}
+
+/// [`plugin`] with the whole StartSession request as argv[5] (Target, DocumentName,
+/// Parameters), as the AWS CLI passes it.
+pub fn plugin_request(
+    world: &World,
+    started: &Started,
+    home: &Home,
+    profile: &str,
+    request: &serde_json::Value,
+    endpoint: &str,
+) -> tokio::process::Command {
     let mut c =
         tokio::process::Command::new(PathBuf::from(env!("CARGO_BIN_EXE_session-manager-plugin")));
     c.arg(response_json(started))
         .arg(REGION)
         .arg("StartSession")
         .arg(profile)
-        .arg(serde_json::json!({ "Target": target }).to_string())
+        .arg(request.to_string())
         .arg(endpoint)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())

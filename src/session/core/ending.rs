@@ -52,6 +52,7 @@ impl Session {
                         now,
                         Mode::Drain,
                         Outcome {
+                            lost: false,
                             exit: Exit::Normal,
                             report: Report::Exiting,
                         },
@@ -64,6 +65,7 @@ impl Session {
                     now,
                     Mode::Tell,
                     Outcome {
+                        lost: false,
                         exit: Exit::Normal,
                         report: Report::Exiting,
                     },
@@ -128,10 +130,12 @@ impl Session {
             // We were leaving anyway: our reason stands.
             Phase::Ending(e) => e.outcome.clone(),
             _ if output.is_empty() => Outcome {
+                lost: false,
                 exit: self.remote_exit.map_or(Exit::Normal, Exit::Remote),
                 report: Report::Exiting,
             },
             _ => Outcome {
+                lost: false,
                 exit: self.remote_exit.map_or(Exit::ClosedWithError, Exit::Remote),
                 report: Report::ServiceMessage(output),
             },
@@ -181,6 +185,7 @@ impl Session {
                     now,
                     Mode::Tell,
                     Outcome {
+                        lost: false,
                         exit: Exit::Normal,
                         report: Report::Exiting,
                     },
@@ -192,6 +197,7 @@ impl Session {
                     now,
                     Mode::Tell,
                     Outcome {
+                        lost: false,
                         exit: Exit::Interrupted,
                         report: Report::Exiting,
                     },
@@ -205,6 +211,7 @@ impl Session {
                     now,
                     Mode::Tell,
                     Outcome {
+                        lost: false,
                         exit: Exit::Signal(sig.number()),
                         report: Report::Exiting,
                     },
@@ -246,6 +253,7 @@ impl Session {
             HandlerExit::Done => (
                 Mode::Drain,
                 Outcome {
+                    lost: false,
                     exit: Exit::Normal,
                     report: Report::Exiting,
                 },
@@ -253,6 +261,7 @@ impl Session {
             HandlerExit::OutputClosed => (
                 Mode::Tell,
                 Outcome {
+                    lost: false,
                     exit: Exit::Normal,
                     report: Report::Quiet,
                 },
@@ -261,6 +270,7 @@ impl Session {
             HandlerExit::Failed { exit, message } => (
                 Mode::Tell,
                 Outcome {
+                    lost: false,
                     exit,
                     report: Report::Plain(message),
                 },

@@ -159,6 +159,10 @@ pub enum Report {
 /// How a session ended: the one exit status and what to print.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
+    /// The session ended because its connection was lost and could not be resumed (an outage
+    /// that outlived the reconnect budget, or ResumeSession refused for good): a port forward
+    /// may carry on in a new session ([`crate::session::run_forwarding`]).
+    pub lost: bool,
     /// The exit status.
     pub exit: Exit,
     /// What to tell the user.
@@ -168,9 +172,16 @@ pub struct Outcome {
 impl Outcome {
     fn error(exit: Exit, text: impl Into<String>) -> Self {
         Self {
+            lost: false,
             exit,
             report: Report::Error(text.into()),
         }
+    }
+
+    /// The connection is gone for good (see [`Outcome::lost`]).
+    fn lost(mut self) -> Self {
+        self.lost = true;
+        self
     }
 }
 

@@ -45,7 +45,7 @@ impl Session {
                 if let Phase::Ending(_) = self.phase {
                     // Already leaving: the ending decides (it stops waiting for acks).
                 } else {
-                    self.close(now, Outcome::error(Exit::Unavailable, text));
+                    self.close(now, Outcome::error(Exit::Unavailable, text).lost());
                     return;
                 }
             }
@@ -202,6 +202,7 @@ impl Session {
                 self.close(
                     now,
                     Outcome {
+                        lost: true,
                         exit: Exit::Unavailable,
                         report: Report::Plain(text),
                     },
@@ -212,7 +213,7 @@ impl Session {
                     "the connection to the Session Manager service was lost ({reason}) and the session cannot be resumed: {e}"
                 );
                 self.link = Link::Gone;
-                self.close(now, Outcome::error(Exit::Unavailable, text));
+                self.close(now, Outcome::error(Exit::Unavailable, text).lost());
             }
             ResumeVerdict::Retry(e) => {
                 if e != *last_error {

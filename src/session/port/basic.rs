@@ -16,7 +16,7 @@ use super::conn::{self, AbortOnDrop, ConnId, ReadEvent, WriteCmd, WriterDone};
 use super::listen::Listener;
 use super::CONNECT_ERROR_LINE;
 use crate::channel::Priority;
-use crate::session::{FromAgent, HandlerContext, HandlerExit, ToAgent};
+use crate::session::{FromAgent, HandlerContext, HandlerExit, LocalEnd, ToAgent};
 use crate::wire::{FlagValue, PayloadType};
 
 /// Agent payloads held for the first client, at most.
@@ -31,7 +31,7 @@ struct Active {
 }
 
 /// Runs until the session ends.
-pub async fn run(mut ctx: HandlerContext, listener: Listener) -> HandlerExit {
+pub async fn run(mut ctx: HandlerContext, listener: std::sync::Arc<Listener>) -> HandlerExit {
     let sid = ctx.session_id.clone();
     ctx.ui.status(&format!("{}\n", listener.opened_line(&sid)));
     let (read_tx, mut read_rx) = mpsc::channel::<ReadEvent>(4);
@@ -39,6 +39,8 @@ pub async fn run(mut ctx: HandlerContext, listener: Listener) -> HandlerExit {
     let mut active: Option<Active> = None;
     let mut next_id: ConnId = 0;
     let mut had_client = false;
+    // The proxy handing us connections no longer needs this session.
+    let mut released = false;
     // Agent payloads not yet handed to the writer.
     let mut pending: VecDeque<Bytes> = VecDeque::new();
     // Messages for the agent waiting for room in its queue (one payload, maybe a flag).
@@ -68,8 +70,12 @@ pub async fn run(mut ctx: HandlerContext, listener: Listener) -> HandlerExit {
         let take_agent = blocked.is_none() && pending.len() < HELD_MAX;
         let mut stop = false;
         tokio::select! {
-            accepted = listener.accept(), if active.is_none() => match accepted {
-                Ok(c) => {
+            accepted = listener.accept(), if active.is_none() && !released => match accepted {
+                Ok(None) => {
+                    released = true;
+                    let _ = ctx.end.send(LocalEnd::Released);
+                }
+                Ok(Some(c)) => {
                     tracing::debug!(peer = %c.peer, "connection accepted");
                     if !had_client {
                         ctx.ui.status(&format!("Connection accepted for session {sid}.\n"));

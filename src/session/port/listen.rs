@@ -29,10 +29,15 @@ pub struct LocalConn {
     pub peer: String,
 }
 
-/// A bound listener.
+/// A bound listener, or a queue of connections another part of the process accepted (the
+/// SOCKS5 proxy hands each destination's connections to that destination's session).
 pub struct Listener {
     kind: Kind,
 }
+
+/// A listener shared beyond one session: a port forward that is restarted in a new session
+/// keeps accepting on the same socket ([`crate::session::run_forwarding`]).
+pub type ListenerSlot = std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<Listener>>>>;
 
 /// Why a listener could not be opened: the user's setting is unusable, or the system said no.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +67,10 @@ enum Kind {
         listener: UnixListener,
         file: SocketFile,
     },
+    Handed {
+        rx: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<LocalConn>>,
+        label: String,
+    },
 }
 
 impl Listener {
@@ -84,6 +93,17 @@ impl Listener {
         }
     }
 
+    /// Connections accepted elsewhere and sent on `rx`; `label` names them in the status line.
+    /// When every sender is gone the session is no longer needed.
+    pub fn handed(label: String, rx: tokio::sync::mpsc::Receiver<LocalConn>) -> Self {
+        Self {
+            kind: Kind::Handed {
+                rx: tokio::sync::Mutex::new(rx),
+                label,
+            },
+        }
+    }
+
     /// The reference's announcement, without its line ending: `Port <p> opened for sessionId
     /// <id>.` or `Unix socket <path> opened for sessionId <id>.`
     pub fn opened_line(&self, session_id: &str) -> String {
@@ -93,11 +113,13 @@ impl Listener {
                 "Unix socket {} opened for sessionId {session_id}.",
                 file.path.display()
             ),
+            Kind::Handed { label, .. } => format!("{label} ready for sessionId {session_id}."),
         }
     }
 
-    /// Waits for the next local client on any bound address.
-    pub async fn accept(&self) -> io::Result<LocalConn> {
+    /// Waits for the next local client on any bound address. `Ok(None)`: no connection will
+    /// ever come again (the proxy that handed them no longer needs this session).
+    pub async fn accept(&self) -> io::Result<Option<LocalConn>> {
         match &self.kind {
             Kind::Tcp { listeners, .. } => {
                 let (stream, peer) = poll_fn(|cx| {
@@ -112,21 +134,22 @@ impl Listener {
                 // Interactive protocols (SSH, databases) want small writes out at once.
                 let _ = stream.set_nodelay(true);
                 let (r, w) = stream.into_split();
-                Ok(LocalConn {
+                Ok(Some(LocalConn {
                     read: Box::pin(r),
                     write: Box::pin(w),
                     peer: peer.to_string(),
-                })
+                }))
             }
             Kind::Unix { listener, .. } => {
                 let (stream, _) = listener.accept().await?;
                 let (r, w) = stream.into_split();
-                Ok(LocalConn {
+                Ok(Some(LocalConn {
                     read: Box::pin(r),
                     write: Box::pin(w),
                     peer: "unix socket client".into(),
-                })
+                }))
             }
+            Kind::Handed { rx, .. } => Ok(rx.lock().await.recv().await),
         }
     }
 }

@@ -20,6 +20,8 @@ mod mux;
 pub mod params;
 mod stdio;
 
+pub use listen::{Listener, ListenerSlot, LocalConn};
+
 use super::{HandlerContext, HandlerExit};
 use crate::exit::Exit;
 use params::{Mode, PortParameters};
@@ -39,18 +41,33 @@ pub async fn run(ctx: HandlerContext) -> HandlerExit {
                 Ok(e) => e,
                 Err(e) => return cannot_start(Exit::Usage, &e),
             };
-            let listener =
-                match listen::Listener::open(&endpoint, ctx.bind_address.as_deref()).await {
-                    Ok(l) => l,
-                    Err(listen::OpenError::Usage(e)) => return cannot_start(Exit::Usage, &e),
-                    Err(listen::OpenError::Io(e)) => return cannot_start(Exit::Io, &e),
-                };
+            // A forward restarted in a new session (or a SOCKS5 destination) keeps its listener.
+            let kept = lock(&ctx.listener).clone();
+            let listener = match kept {
+                Some(l) => l,
+                None => {
+                    match listen::Listener::open(&endpoint, ctx.bind_address.as_deref()).await {
+                        Ok(l) => {
+                            let l = std::sync::Arc::new(l);
+                            *lock(&ctx.listener) = Some(l.clone());
+                            l
+                        }
+                        Err(listen::OpenError::Usage(e)) => return cannot_start(Exit::Usage, &e),
+                        Err(listen::OpenError::Io(e)) => return cannot_start(Exit::Io, &e),
+                    }
+                }
+            };
             match mode {
                 Mode::Mux { keep_alive } => mux::run(ctx, listener, keep_alive).await,
                 _ => basic::run(ctx, listener).await,
             }
         }
     }
+}
+
+/// The slot's lock only guards a swap of one `Option`; a poisoned lock still holds a whole value.
+fn lock(slot: &ListenerSlot) -> std::sync::MutexGuard<'_, Option<std::sync::Arc<Listener>>> {
+    slot.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The forwarding cannot start: the session machine tells the agent and exits with `exit`.

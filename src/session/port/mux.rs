@@ -21,7 +21,7 @@ use super::listen::Listener;
 use super::CONNECT_ERROR_LINE;
 use crate::channel::Priority;
 use crate::exit::Exit;
-use crate::session::{FromAgent, HandlerContext, HandlerExit, ToAgent};
+use crate::session::{FromAgent, HandlerContext, HandlerExit, LocalEnd, ToAgent};
 use crate::smux::{KeepAlive, Mux, MuxConfig, MuxEvent, Role, DEFAULT_MAX_FRAME_SIZE};
 use crate::wire::{FlagValue, PayloadType};
 
@@ -144,7 +144,7 @@ impl State {
 /// Runs until the session ends.
 pub async fn run(
     mut ctx: HandlerContext,
-    listener: Listener,
+    listener: std::sync::Arc<Listener>,
     keep_alive: Option<KeepAlive>,
 ) -> HandlerExit {
     let sid = ctx.session_id.clone();
@@ -161,6 +161,8 @@ pub async fn run(
     let (read_tx, mut read_rx) = mpsc::channel::<ReadEvent>(READ_QUEUE);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<WriterDone>();
     let mut announced = false;
+    // The proxy handing us connections no longer needs this session.
+    let mut released = false;
     loop {
         let blocked = st.dispatch();
         st.pull_output();
@@ -216,8 +218,12 @@ pub async fn run(
                 Some(FromAgent::Message { .. }) => {}
                 None => stop = Some(Stop::Ended),
             },
-            accepted = listener.accept() => match accepted {
-                Ok(c) => {
+            accepted = listener.accept(), if !released => match accepted {
+                Ok(None) => {
+                    released = true;
+                    let _ = ctx.end.send(LocalEnd::Released);
+                }
+                Ok(Some(c)) => {
                     let id = match st.mux.open_stream() {
                         Ok(id) => id,
                         Err(e) => {

@@ -224,6 +224,33 @@ struct State {
     seq: AtomicU64,
     /// (cluster, task id) → container names exec'd into, so DescribeTasks can list them.
     ecs_tasks: Mutex<BTreeMap<(String, String), BTreeSet<String>>>,
+    /// Managed nodes DescribeInstanceInformation lists.
+    instances: Mutex<Vec<Instance>>,
+}
+
+/// A managed node as DescribeInstanceInformation sees it, with the tags its filters match.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// `i-...` or `mi-...`.
+    pub id: String,
+    /// `Online`, `ConnectionLost` or `Inactive`.
+    pub ping_status: String,
+    /// Tag key → value (`Name` included).
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Instance {
+    /// An online node with these tags.
+    pub fn online(id: &str, tags: &[(&str, &str)]) -> Self {
+        Self {
+            id: id.to_owned(),
+            ping_status: "Online".to_owned(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (all updates are single
@@ -327,6 +354,11 @@ impl ApiHandle {
             .insert(access_key_id.to_owned(), secret_access_key.to_owned());
     }
 
+    /// Replaces the managed nodes DescribeInstanceInformation lists.
+    pub fn set_instances(&self, instances: Vec<Instance>) {
+        *lock(&self.state.instances) = instances;
+    }
+
     /// The data keys issued by GenerateDataKey; hand it to the simulated agent as its
     /// [`DataKeyResolver`].
     pub fn kms(&self) -> Arc<KmsStore> {
@@ -373,6 +405,7 @@ pub async fn serve(
         log: Mutex::new(Vec::new()),
         seq: AtomicU64::new(0),
         ecs_tasks: Mutex::new(BTreeMap::new()),
+        instances: Mutex::new(Vec::new()),
     });
     let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
     let st = state.clone();
@@ -628,6 +661,7 @@ async fn process(
         (SSM_PREFIX, "StartSession") => ssm_start_session(state, &input).await?,
         (SSM_PREFIX, "ResumeSession") => ssm_resume_session(state, &input).await?,
         (SSM_PREFIX, "TerminateSession") => ssm_terminate_session(state, &input).await?,
+        (SSM_PREFIX, "DescribeInstanceInformation") => ssm_describe_instances(state, &input)?,
         (ECS_PREFIX, "ExecuteCommand") => ecs_execute_command(state, &input, &region).await?,
         (ECS_PREFIX, "DescribeTasks") => ecs_describe_tasks(state, &input, &region)?,
         (KMS_PREFIX, "GenerateDataKey") => kms_generate_data_key(state, &input, &region).await?,
@@ -803,6 +837,59 @@ async fn ssm_terminate_session(
         .await?
         .map_err(ApiError::from_backend)?;
     Ok(json!({"SessionId": id}))
+}
+
+/// DescribeInstanceInformation with the filters clients use to find a node: `tag:KEY`,
+/// `tag-key`, `PingStatus` and `InstanceIds` (values within a filter are OR'ed, filters AND'ed).
+/// One page: the fake never has enough nodes to paginate.
+fn ssm_describe_instances(state: &State, input: &Map<String, Value>) -> Result<Value, ApiError> {
+    let mut filters: Vec<(String, Vec<String>)> = Vec::new();
+    if let Some(list) = input.get("Filters").and_then(Value::as_array) {
+        for f in list {
+            let key = f.get("Key").and_then(Value::as_str).unwrap_or("");
+            let values: Vec<String> = f
+                .get("Values")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if key.is_empty() || values.is_empty() {
+                return Err(ApiError::validation("a filter needs a Key and Values"));
+            }
+            filters.push((key.to_owned(), values));
+        }
+    }
+    let nodes = lock(&state.instances);
+    let list: Vec<Value> = nodes
+        .iter()
+        .filter(|n| {
+            filters.iter().all(|(key, values)| {
+                if let Some(tag) = key.strip_prefix("tag:") {
+                    n.tags.get(tag).is_some_and(|v| values.contains(v))
+                } else {
+                    match key.as_str() {
+                        "tag-key" => values.iter().any(|k| n.tags.contains_key(k)),
+                        "PingStatus" => values.contains(&n.ping_status),
+                        "InstanceIds" => values.contains(&n.id),
+                        _ => false,
+                    }
+                }
+            })
+        })
+        .map(|n| {
+            json!({
+                "InstanceId": n.id,
+                "PingStatus": n.ping_status,
+                "ComputerName": n.tags.get("Name").cloned().unwrap_or_default(),
+                "PlatformType": "Linux",
+                "ResourceType": if n.id.starts_with("mi-") { "ManagedInstance" } else { "EC2Instance" },
+            })
+        })
+        .collect();
+    Ok(json!({ "InstanceInformationList": list }))
 }
 
 /// The last `/`-separated part: ECS accepts names or ARNs for clusters and tasks.

@@ -27,6 +27,7 @@ fn a_clean_remote_exit_ends_with_zero_after_the_output() {
     assert_eq!(
         w.outcome(),
         Some(Outcome {
+            lost: false,
             exit: Exit::Normal,
             report: Report::Exiting
         })
@@ -50,6 +51,7 @@ fn a_service_message_on_close_exits_one_with_the_message() {
     assert_eq!(
         w.outcome(),
         Some(Outcome {
+            lost: false,
             exit: Exit::ClosedWithError,
             report: Report::ServiceMessage("Session terminated by admin".into())
         })
@@ -95,6 +97,7 @@ fn escape_ends_a_shell_through_the_api_which_shells_act_on() {
     assert_eq!(
         w.outcome(),
         Some(Outcome {
+            lost: false,
             exit: Exit::Normal,
             report: Report::Exiting
         })
@@ -221,6 +224,7 @@ fn a_broken_pipe_on_stdout_is_a_quiet_end_that_tells_the_agent() {
     assert_eq!(
         w.outcome(),
         Some(Outcome {
+            lost: false,
             exit: Exit::Normal,
             report: Report::Quiet
         })
@@ -307,6 +311,7 @@ fn resume_budget_runs_out_error_with_the_reconnect_figures() {
         matches!(&o.report, Report::Error(t) if t.contains("within 120 s") && t.contains("connect timed out") && t.contains("SESSION_MANAGER_PLUGIN_RECONNECT_TIMEOUT")),
         "{o:?}"
     );
+    assert!(o.lost);
     assert!(attempts > 10, "retried with backoff: {attempts}");
 }
 
@@ -327,6 +332,21 @@ fn a_final_resume_answer_ends_the_outage_at_once() {
     let o = w.outcome().expect("ended at once");
     assert_eq!(o.exit, Exit::Unavailable);
     assert!(matches!(&o.report, Report::Error(t) if t.contains("cannot be resumed")));
+    assert!(o.lost, "a port forward may carry on in a new session");
+}
+
+#[test]
+fn only_a_connection_lost_for_good_marks_the_outcome_lost() {
+    // The user leaving during an outage is not a lost session: nothing may restart it.
+    let mut w = World::shell();
+    w.s.transport_lost(w.now, "read failed", false);
+    w.settle();
+    w.local(Local::End(LocalEnd::Escape));
+    assert!(w.asked_api());
+    w.s.terminate_done(w.now);
+    w.settle();
+    let o = w.outcome().expect("ended");
+    assert!(!o.lost, "{o:?}");
 }
 
 #[test]
@@ -380,6 +400,7 @@ fn an_expired_session_says_so_in_the_references_words() {
     assert_eq!(
         w.outcome(),
         Some(Outcome {
+            lost: true,
             exit: Exit::Unavailable,
             report: Report::Plain("Session: sess-1 timed out.".into())
         })

@@ -276,6 +276,7 @@ impl World {
 
 pub(super) fn signal_ended(sig: i32) -> Outcome {
     Outcome {
+        lost: false,
         exit: Exit::Signal(sig),
         report: Report::Exiting,
     }
