@@ -1,24 +1,66 @@
 #!/usr/bin/env bash
-# Installs what the end-to-end tests need on a bare Debian/Ubuntu machine: the OpenSSH client and
-# server (SSH over SSM tests) and the AWS CLI (into scripts/.venv). Idempotent and quiet.
+# Installs what the tests need on a bare Debian/Ubuntu machine, saying what and why, and skipping
+# whatever is already there:
+#   apt:   a C compiler (ring builds C and assembly), the OpenSSH client and server (SSH over SSM
+#          tests), python3 with venv (the AWS CLI's virtual environment)
+#   PyPI:  the AWS CLI, into scripts/.venv (end-to-end tests)
+#   cargo: cargo-deb and cargo-generate-rpm, and apt: rpm, rpm2cpio, cpio (tests/packaging.rs),
+#          through scripts/ensure-packaging-tools.sh
+# Fails with one line saying why when something cannot be installed (no root, no network).
+# Usage: scripts/ensure-test-deps.sh [--no-packaging]  (the demo needs no packaging tools)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_apt=()
-command -v ssh >/dev/null || need_apt+=(openssh-client)
-[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
-command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+say() { printf 'ensure-test-deps: %s\n' "$*" >&2; }
+fail() { say "$*"; exit 1; }
+
+packaging=1
+[ "${1:-}" = --no-packaging ] && packaging=0
+
+need_apt=() why=()
+if ! command -v cc >/dev/null 2>&1; then
+  need_apt+=(gcc libc6-dev); why+=("a C compiler (ring and aws-lc build C code)")
+fi
+if ! command -v ssh >/dev/null 2>&1 || ! command -v scp >/dev/null 2>&1; then
+  need_apt+=(openssh-client); why+=("ssh/scp (SSH over Session Manager tests)")
+fi
+if [ ! -x /usr/sbin/sshd ]; then
+  need_apt+=(openssh-server); why+=("sshd (SSH over Session Manager tests)")
+fi
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  need_apt+=(python3 python3-venv); why+=("python3-venv (the AWS CLI is installed into scripts/.venv)")
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
-  if command -v apt-get >/dev/null; then
-    SUDO=""
-    [ "$(id -u)" = 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
-  else
-    echo "warning: cannot install ${need_apt[*]} (no apt-get); the tests that need them will fail" >&2
+  say "installing ${need_apt[*]} with apt-get, for: $(IFS=';'; echo "${why[*]}")"
+  command -v apt-get >/dev/null 2>&1 ||
+    fail "cannot install ${need_apt[*]}: no apt-get here; install them with your package manager"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+      SUDO="sudo"
+    elif command -v sudo >/dev/null 2>&1 && [ -t 0 ]; then
+      SUDO="sudo" # asks for the password
+    else
+      fail "cannot install ${need_apt[*]}: needs root or sudo (run as root, or install them by hand)"
+    fi
   fi
+  log=$(mktemp)
+  if ! $SUDO apt-get update -qq >"$log" 2>&1; then
+    tail -n 5 "$log" >&2; rm -f "$log"
+    fail "apt-get update failed: no network access to the Debian/Ubuntu package mirror?"
+  fi
+  if ! DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >"$log" 2>&1; then
+    tail -n 5 "$log" >&2; rm -f "$log"
+    fail "apt-get install ${need_apt[*]} failed (see above)"
+  fi
+  rm -f "$log"
 fi
 
-if [ -x scripts/ensure-awscli.sh ]; then
-  scripts/ensure-awscli.sh >/dev/null
+if [ ! -x scripts/.venv/bin/aws ]; then
+  say "installing the AWS CLI from PyPI into scripts/.venv (end-to-end tests run the real CLI)"
+fi
+scripts/ensure-awscli.sh >/dev/null
+
+if [ "$packaging" = 1 ]; then
+  scripts/ensure-packaging-tools.sh
 fi

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 log() { printf '== %s\n' "$*" >&2; }
 
-log "installing test prerequisites (OpenSSH, AWS CLI) if missing"
+log "installing test prerequisites if missing (C compiler, OpenSSH, python3-venv, AWS CLI, packaging tools)"
 scripts/ensure-test-deps.sh
 
 log "building (debug and the test binaries)"
