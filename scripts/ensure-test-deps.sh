@@ -27,6 +27,9 @@ fi
 if [ ! -x /usr/sbin/sshd ]; then
   need_apt+=(openssh-server); why+=("sshd (SSH over Session Manager tests)")
 fi
+if ! command -v curl >/dev/null 2>&1; then
+  need_apt+=(curl); why+=("curl (the SOCKS5 proxy test uses curl --socks5-hostname)")
+fi
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   need_apt+=(python3 python3-venv); why+=("python3-venv (the AWS CLI is installed into scripts/.venv)")
 fi

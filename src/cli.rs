@@ -285,6 +285,13 @@ Direct use (what the AWS CLI runs):
   session-manager-plugin RESPONSE REGION StartSession [PROFILE [PARAMETERS [ENDPOINT]]]
   session-manager-plugin --version
 
+Standalone use (no AWS CLI needed; `COMMAND --help` for each):
+  session-manager-plugin connect TARGET            a shell (or any document)
+  session-manager-plugin exec TARGET -- COMMAND    a command; exits with its status
+  session-manager-plugin forward TARGET -L [BIND:]LPORT:[HOST:]RPORT [-D [BIND:]PORT]
+  session-manager-plugin tunnels [NAME...]         named tunnels from the config file
+  session-manager-plugin completions bash|zsh|fish
+
 See README.md for the environment variables, exit codes and troubleshooting.
 "
     )

@@ -13,7 +13,8 @@
 //!   a listener or stdio (`session::shell`, `session::port`).
 //! - [`transport`]: dialing the websocket (TLS, proxy, timeouts) and the live link.
 //! - [`aws`]: credentials, SigV4, KMS, ResumeSession and TerminateSession through the AWS SDK.
-//! - [`cli`]: the argv/environment contract the AWS CLI relies on.
+//! - [`cli`]: the argv/environment contract the AWS CLI relies on; [`client`]: the standalone
+//!   commands (`connect`, `exec`, `forward`, `tunnels`) that start sessions themselves.
 //! - [`config`]: the `SESSION_MANAGER_PLUGIN_*` settings.
 //! - [`exit`]: the one table of exit statuses; [`ui`]: the lines the user sees; [`term`]: the
 //!   local terminal (raw mode, size) and its restore on every way out.
@@ -21,6 +22,7 @@
 pub mod aws;
 pub mod channel;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod exit;
 #[doc(hidden)]

@@ -7,12 +7,15 @@ use std::process::ExitCode;
 use ssm_plugin::cli::{self, CliError, Invocation};
 use ssm_plugin::config;
 use ssm_plugin::exit::Exit;
-use ssm_plugin::session::core::{Outcome, Report};
 use ssm_plugin::session::{self, Settings};
 use ssm_plugin::ui::Ui;
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
+    // The standalone commands (`connect`, `exec`, ...): words the AWS CLI never passes.
+    if args.len() >= 2 && ssm_plugin::client::is_command(&args[1]) {
+        return ssm_plugin::client::main(args);
+    }
     let invocation = cli::parse(&args, |k| std::env::var(k).ok());
     // Still single-threaded: the token and AWS secrets leave the blocks other processes can
     // read (/proc/PID/environ, /proc/PID/cmdline) and the response variable leaves our
@@ -72,23 +75,6 @@ fn run_session(args: cli::SessionArgs) -> ExitCode {
     ssm_plugin::term::restore();
     // Background tasks (stdin readers) must not keep the process alive.
     runtime.shutdown_background();
-    report(ui, &session_id, &result);
+    session::print_end(ui, &session_id, &result);
     ExitCode::from(result.exit.code())
-}
-
-/// Prints how the session ended, as AWS's plugin does where scripts read it.
-fn report(ui: Ui, session_id: &str, outcome: &Outcome) {
-    match &outcome.report {
-        Report::Exiting => ui.status(&format!(
-            "\n\nExiting session with sessionId: {session_id}.\n\n"
-        )),
-        Report::ServiceMessage(output) => {
-            ui.status(&format!("\n\nSessionId: {session_id} : {output}\n\n"))
-        }
-        Report::Error(text) => eprintln!("\nCannot perform start session: {text}\n"),
-        // The reference's own words when ResumeSession says the session is over, or a
-        // handler's complete message.
-        Report::Plain(text) => eprintln!("\n{}\n", text.trim_matches('\n')),
-        Report::Quiet => {}
-    }
 }

@@ -16,7 +16,7 @@ pub mod handler;
 pub mod handshake;
 pub mod port;
 pub mod shell;
-mod signals;
+pub(crate) mod signals;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -184,6 +184,23 @@ pub async fn run_forwarding(mut settings: Settings, restarts: u32) -> (Outcome, 
             }
         };
         settings = next;
+    }
+}
+
+/// Prints how the session ended, as AWS's plugin does where scripts read it.
+pub fn print_end(ui: Ui, session_id: &str, outcome: &Outcome) {
+    match &outcome.report {
+        core::Report::Exiting => ui.status(&format!(
+            "\n\nExiting session with sessionId: {session_id}.\n\n"
+        )),
+        core::Report::ServiceMessage(output) => {
+            ui.status(&format!("\n\nSessionId: {session_id} : {output}\n\n"))
+        }
+        core::Report::Error(text) => eprintln!("\nCannot perform start session: {text}\n"),
+        // The reference's own words when ResumeSession says the session is over, or a
+        // handler's complete message.
+        core::Report::Plain(text) => eprintln!("\n{}\n", text.trim_matches('\n')),
+        core::Report::Quiet => {}
     }
 }
 

@@ -104,6 +104,19 @@ impl Listener {
         }
     }
 
+    /// Where it listens, for status lines: `ADDRESS:PORT`, a socket path or the label.
+    pub fn address(&self) -> String {
+        match &self.kind {
+            Kind::Tcp { listeners, port } => listeners
+                .first()
+                .and_then(|l| l.local_addr().ok())
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| format!("port {port}")),
+            Kind::Unix { file, .. } => file.path.display().to_string(),
+            Kind::Handed { label, .. } => label.clone(),
+        }
+    }
+
     /// The reference's announcement, without its line ending: `Port <p> opened for sessionId
     /// <id>.` or `Unix socket <path> opened for sessionId <id>.`
     pub fn opened_line(&self, session_id: &str) -> String {

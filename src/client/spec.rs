@@ -1,0 +1,168 @@
+//! The `-L` and `-D` forward specifications of `forward`, in ssh's syntax. Pure.
+
+/// One `-L [BIND:]LPORT:[HOST:]RPORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalForward {
+    /// Address or host name the listener binds to; `None`: loopback.
+    pub bind: Option<String>,
+    /// Local port; 0 picks a free one.
+    pub local_port: u16,
+    /// Destination host as the target sees it; `None`: the target itself.
+    pub host: Option<String>,
+    /// Destination port.
+    pub remote_port: u16,
+}
+
+/// One `-D [BIND:]PORT`: a SOCKS5 proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynamicForward {
+    /// Address the proxy binds to; `None`: loopback.
+    pub bind: Option<String>,
+    /// Its port; 0 picks a free one.
+    pub port: u16,
+}
+
+/// Splits on `:` outside `[...]`, so IPv6 addresses can be written `[::1]`.
+fn fields(s: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut depth = 0;
+    for c in s.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ':' if depth == 0 => {
+                out.push(String::new());
+                continue;
+            }
+            _ => {}
+        }
+        if let Some(last) = out.last_mut() {
+            last.push(c);
+        }
+    }
+    out
+}
+
+fn port(s: &str, what: &str, spec: &str) -> Result<u16, String> {
+    s.trim()
+        .parse::<u16>()
+        .map_err(|_| format!("{what} {s:?} in {spec:?} is not a port number (0-65535)"))
+}
+
+fn host(s: &str) -> Option<String> {
+    let s = s.trim().trim_start_matches('[').trim_end_matches(']');
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+impl std::str::FromStr for LocalForward {
+    type Err = String;
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let f = fields(spec);
+        let (bind, lport, h, rport) = match f.as_slice() {
+            [lport, rport] => (None, lport, None, rport),
+            [lport, h, rport] => (None, lport, host(h), rport),
+            [bind, lport, h, rport] => (host(bind), lport, host(h), rport),
+            _ => {
+                return Err(format!(
+                "{spec:?} is not [BIND:]LOCAL_PORT:[HOST:]REMOTE_PORT (e.g. 5432:db.internal:5432)"
+            ))
+            }
+        };
+        let remote_port = port(rport, "remote port", spec)?;
+        if remote_port == 0 {
+            return Err(format!("the remote port in {spec:?} cannot be 0"));
+        }
+        Ok(Self {
+            bind,
+            local_port: port(lport, "local port", spec)?,
+            host: h,
+            remote_port,
+        })
+    }
+}
+
+impl std::str::FromStr for DynamicForward {
+    type Err = String;
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let f = fields(spec);
+        match f.as_slice() {
+            [p] => Ok(Self {
+                bind: None,
+                port: port(p, "port", spec)?,
+            }),
+            [b, p] => Ok(Self {
+                bind: host(b),
+                port: port(p, "port", spec)?,
+            }),
+            _ => Err(format!("{spec:?} is not [BIND:]PORT (e.g. 1080)")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(s: &str) -> Result<LocalForward, String> {
+        s.parse()
+    }
+
+    #[test]
+    fn local_forwards_in_ssh_syntax() {
+        assert_eq!(
+            l("5432:db.internal:5432").unwrap(),
+            LocalForward {
+                bind: None,
+                local_port: 5432,
+                host: Some("db.internal".into()),
+                remote_port: 5432
+            }
+        );
+        assert_eq!(
+            l("8080:80").unwrap(),
+            LocalForward {
+                bind: None,
+                local_port: 8080,
+                host: None,
+                remote_port: 80
+            }
+        );
+        assert_eq!(
+            l("0.0.0.0:0:10.0.0.5:22").unwrap(),
+            LocalForward {
+                bind: Some("0.0.0.0".into()),
+                local_port: 0,
+                host: Some("10.0.0.5".into()),
+                remote_port: 22
+            }
+        );
+        assert_eq!(
+            l("[::1]:15432:[fd00::5]:5432").unwrap(),
+            LocalForward {
+                bind: Some("::1".into()),
+                local_port: 15432,
+                host: Some("fd00::5".into()),
+                remote_port: 5432
+            }
+        );
+        assert!(l("5432").unwrap_err().contains("LOCAL_PORT"));
+        assert!(l("x:80").unwrap_err().contains("not a port number"));
+        assert!(l("80:0").unwrap_err().contains("cannot be 0"));
+        assert!(l("1:2:3:4:5").is_err());
+    }
+
+    #[test]
+    fn dynamic_forwards() {
+        let d: DynamicForward = "1080".parse().unwrap();
+        assert_eq!(
+            d,
+            DynamicForward {
+                bind: None,
+                port: 1080
+            }
+        );
+        let d: DynamicForward = "127.0.0.2:0".parse().unwrap();
+        assert_eq!(d.bind.as_deref(), Some("127.0.0.2"));
+        assert!("a:b:c".parse::<DynamicForward>().is_err());
+    }
+}
