@@ -103,6 +103,7 @@ port)
   if [ -t 0 ]; then
     say "forwarding 127.0.0.1:$local_port to a small web server on port $web_port (the \"instance\" is this machine)"
     say "try: curl http://127.0.0.1:$local_port/   (in another terminal); press Ctrl-C here to end the session"
+    trap '' INT # Ctrl-C is for the plugin (it handles it even when ignored); this script carries on
     start_session --document-name AWS-StartPortForwardingSession --parameters "$params" "$@"
   else
     say "forwarding 127.0.0.1:$local_port to a small web server on port $web_port; fetching a page through it, then Ctrl-C"
