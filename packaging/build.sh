@@ -46,7 +46,7 @@ arch=$(uname -m)
 
 # 1. The tools.
 if [ "$install_tools" = 1 ]; then
-  scripts/ensure-packaging-tools.sh
+  scripts/ensure-packaging-tools.sh --build-only
 fi
 cargo deb --version >/dev/null 2>&1 ||
   die "cargo-deb is not installed; run scripts/ensure-packaging-tools.sh (needs crates.io)"
@@ -105,7 +105,7 @@ deb_args=(--no-build --no-strip --output "$out/$deb_name")
 CARGO_TARGET_DIR="$stage/target" cargo deb -p session-manager-plugin "${deb_args[@]}" >&2 ||
   die "cargo deb failed"
 
-# 5. .rpm (gzip payload: older rpm releases, as on Amazon Linux 2, cannot read zstd)
+# 5. .rpm (gzip payload: rpm releases before 4.14 cannot read the default zstd)
 cargo generate-rpm --target-dir "$stage/target" --payload-compress gzip \
   --output "$out/$rpm_name" >&2 || die "cargo generate-rpm failed"
 
@@ -124,6 +124,7 @@ if git -C "$root" rev-parse --verify -q HEAD >/dev/null 2>&1; then
     gzip -n -9 >"$out/$src_name"
   src_sum=$(sha256sum "$out/$src_name" | cut -d' ' -f1)
   url=${RELEASE_URL:-}
+  [ -n "$url" ] || say "note: RELEASE_URL is not set; the formula's url stays a placeholder"
   sed -e "s|^  sha256 \".*\"|  sha256 \"$src_sum\"|" \
     -e "s|^  version \".*\"|  version \"$version\"|" \
     ${url:+-e "s|^  url \".*\"|  url \"$url\"|"} \

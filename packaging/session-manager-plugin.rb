@@ -19,7 +19,7 @@ class SessionManagerPlugin < Formula
 
   def install
     # Only the plugin: the workspace's test-support crate (tests/agent-sim) is not installed.
-    system "cargo", "install", "--locked", *std_cargo_args(path: ".")
+    system "cargo", "install", *std_cargo_args(path: ".") # std_cargo_args adds --locked
     man1.install "packaging/session-manager-plugin.1"
     doc.install "README.md", "CHANGELOG.md"
   end

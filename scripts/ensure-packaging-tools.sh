@@ -6,7 +6,10 @@
 # compiled once, with light optimisation and no LTO (packaging is not their hot path): measured
 # 1.5 minutes for cargo-deb and 7 for cargo-generate-rpm (its PGP signing code) on 2 busy cores.
 # Exits non-zero with one line saying why when something cannot be installed.
+# Usage: scripts/ensure-packaging-tools.sh [--build-only]  (only the cargo tools: packaging/build.sh)
 set -euo pipefail
+build_only=0
+[ "${1:-}" = --build-only ] && build_only=1
 
 say() { printf 'ensure-packaging-tools: %s\n' "$*" >&2; }
 
@@ -38,6 +41,8 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 cargo_tool cargo-deb deb "$CARGO_DEB_VERSION"
 cargo_tool cargo-generate-rpm generate-rpm "$CARGO_GENERATE_RPM_VERSION"
+
+[ "$build_only" = 1 ] && exit 0
 
 need_apt=()
 command -v rpm >/dev/null 2>&1 || need_apt+=(rpm)
