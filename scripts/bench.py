@@ -371,11 +371,11 @@ def m_transfer(ctx, sim, direction, mib, limits):
     return {"MBps": n / secs / 1e6, "seconds": secs, "cpu_s": cpu, "maxrss_kib": rss, "mib": mib}
 
 
-def m_echo(ctx, sim, mib, sample=False):
+def m_echo(ctx, sim, mib, sample=False, limits=False):
     """Echoes `mib` MiB through one connection; CPU, peak RSS and (sampled) RSS over time."""
     n = mib * MIB
     dest = Dest("echo")
-    p, port = port_session(ctx, sim, dest, frame_budget_off=True)
+    p, port = port_session(ctx, sim, dest, frame_budget_off=not limits)
     s = connect(port)
     samples = []
     progress = [0]
@@ -730,6 +730,8 @@ def run_one(binary, sims, a, workdir):
             r[f"{d}_{key}"] = m_transfer(ctx, sim, d, mib, limits)
     step(f"smux echo {a.flat_mib} MiB (RSS over time)")
     r["echo_smux"] = m_echo(ctx, sims["nolimits"], a.flat_mib, sample=True)
+    step(f"smux echo {a.limited_mib} MiB, service limits on")
+    r["echo_smux_limits_on"] = m_echo(ctx, sims["limits"], a.limited_mib, limits=True)
     step(f"basic echo {a.basic_mib} MiB")
     r["echo_basic"] = m_echo(ctx, sims["basic"], a.basic_mib)
     return r
@@ -739,7 +741,7 @@ def fmt_table(results, direct, a, meta):
     cols = [os.path.basename(os.path.dirname(r["binary"])) + "/" + os.path.basename(r["binary"])
             if len(results) > 1 else "value" for r in results]
     if len(results) > 1:
-        cols = ["this plugin"] + [f"--against {os.path.basename(r['binary'])}" for r in results[1:]]
+        cols = ["this plugin"] + [f"--against {r['binary']}" for r in results[1:]]
     rows = []
 
     def row(name, f):
@@ -759,8 +761,10 @@ def fmt_table(results, direct, a, meta):
     for d in ("upload", "download"):
         row(f"CPU s per 100 MiB, {d} (limits off)",
             lambda r, d=d: f"{r[f'{d}_limits_off']['cpu_s'] * 100 / a.mib:.2f}")
-    row("CPU s per 16 MiB echoed, smux", lambda r: f"{r['echo_smux']['cpu_s'] * 16 / a.flat_mib:.2f}")
-    row("CPU s per 16 MiB echoed, basic", lambda r: f"{r['echo_basic']['cpu_s'] * 16 / a.basic_mib:.2f}")
+    row("CPU s per 16 MiB echoed, smux, service limits on",
+        lambda r: f"{r['echo_smux_limits_on']['cpu_s'] * 16 / a.limited_mib:.2f}")
+    row("CPU s per 16 MiB echoed, smux, limits off", lambda r: f"{r['echo_smux']['cpu_s'] * 16 / a.flat_mib:.2f}")
+    row("CPU s per 16 MiB echoed, basic, limits off", lambda r: f"{r['echo_basic']['cpu_s'] * 16 / a.basic_mib:.2f}")
     row("peak RSS MB, short shell session", lambda r: f"{r['shell']['maxrss_kib'] / 1024:.1f}")
     row(f"peak RSS MB, smux port echo of {a.flat_mib} MiB",
         lambda r: f"{r['echo_smux']['maxrss_kib'] / 1024:.1f}")
