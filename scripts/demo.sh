@@ -8,7 +8,8 @@
 #   --command [CMD]      AWS-StartNonInteractiveCommand: runs CMD (default `uname -a`); its exit
 #                        status becomes the plugin's
 #   --port               AWS-StartPortForwardingSession: forwards a local port to a small web
-#                        server started here, fetches a page through it, and ends with Ctrl-C
+#                        server started here (on a terminal: try the printed curl line, then
+#                        Ctrl-C; otherwise it fetches a page through it and ends by itself)
 #   --ssh [CMD]          AWS-StartSSHSession as ssh's ProxyCommand, to a throwaway sshd started
 #                        here on 127.0.0.1 (an interactive login, or CMD)
 #   e.g. scripts/demo.sh --command 'ls /'
@@ -23,15 +24,20 @@ say() { printf '== %s\n' "$*" >&2; }
 mode=shell mode_arg=""
 case "${1:-}" in
   --shell) mode=shell; shift ;;
-  --command) mode=command; shift; mode_arg=${1:-uname -a}; [ $# -gt 0 ] && shift ;;
+  --command)
+    mode=command mode_arg="uname -a"; shift
+    if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then mode_arg=$1; shift; fi ;;
   --port) mode=port; shift ;;
   --ssh) mode=ssh; shift; if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then mode_arg=$1; shift; fi ;;
   -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
 esac
 
 say "checking prerequisites (python3-venv, a C compiler, the AWS CLI; installed when missing)"
-scripts/ensure-test-deps.sh --no-packaging
-if [ "$mode" = ssh ]; then scripts/ensure-openssh.sh; fi
+scripts/ensure-test-deps.sh --no-packaging --no-openssh
+if [ "$mode" = ssh ]; then
+  say "--ssh: checking for the OpenSSH client and server (installed when missing)"
+  scripts/ensure-openssh.sh
+fi
 aws=$(scripts/ensure-awscli.sh)
 
 say "building the plugin and the simulator (debug; a few minutes the first time)"

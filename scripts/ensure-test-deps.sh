@@ -7,24 +7,31 @@
 #   cargo: cargo-deb and cargo-generate-rpm, and apt: rpm, rpm2cpio, cpio (tests/packaging.rs),
 #          through scripts/ensure-packaging-tools.sh
 # Fails with one line saying why when something cannot be installed (no root, no network).
-# Usage: scripts/ensure-test-deps.sh [--no-packaging]  (the demo needs no packaging tools)
+# Usage: scripts/ensure-test-deps.sh [--no-packaging] [--no-openssh]
+#   (scripts/demo.sh passes both: it needs OpenSSH only for --ssh, and no packaging tools)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf 'ensure-test-deps: %s\n' "$*" >&2; }
 fail() { say "$*"; exit 1; }
 
-packaging=1
-[ "${1:-}" = --no-packaging ] && packaging=0
+packaging=1 openssh=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-packaging) packaging=0 ;;
+    --no-openssh) openssh=0 ;;
+    *) fail "unknown argument '$arg'" ;;
+  esac
+done
 
 need_apt=() why=()
 if ! command -v cc >/dev/null 2>&1; then
   need_apt+=(gcc libc6-dev); why+=("a C compiler (ring and aws-lc build C code)")
 fi
-if ! command -v ssh >/dev/null 2>&1 || ! command -v scp >/dev/null 2>&1; then
+if [ "$openssh" = 1 ] && { ! command -v ssh >/dev/null 2>&1 || ! command -v scp >/dev/null 2>&1; }; then
   need_apt+=(openssh-client); why+=("ssh/scp (SSH over Session Manager tests)")
 fi
-if [ ! -x /usr/sbin/sshd ]; then
+if [ "$openssh" = 1 ] && [ ! -x /usr/sbin/sshd ]; then
   need_apt+=(openssh-server); why+=("sshd (SSH over Session Manager tests)")
 fi
 if ! command -v curl >/dev/null 2>&1; then
