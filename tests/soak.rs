@@ -2,19 +2,27 @@
 //! duplicates frames and the websocket is cut 5 times. Every byte must come back once, in
 //! order, and the plugin's peak RSS must stay bounded. The figures are printed for the record.
 //!
-//! Two runs, because of the agent: it resends only its oldest unacknowledged message, once per
-//! 100 ms tick (`ResendStreamDataMessageScheduler`, as simulated), so every frame lost on its
-//! way to us costs about 100 ms whatever we do. With 5 % loss towards us a download moves about
-//! 0.1 MiB/s, so:
-//! - `all_faults_both_ways`: 5 % drop, 5 % reorder, 2 % duplicates each way, `SOAK_LOSSY_MIB`
-//!   (default 2);
-//! - `a_large_transfer` (ignored in CI, run with `--ignored`): `SOAK_MIB` (default 256) with 5 %
-//!   drop, 5 % reorder and 2 % duplicates on our frames to the agent, and 5 % reorder and 2 %
-//!   duplicates (no loss) on the agent's. Known slow: with 5 % of our frames lost, the echo
-//!   moves only tens of KB/s in a debug build (16 MiB did not finish in 6 minutes), because the
-//!   agent's in-order delivery waits on each gap for our retransmission timeout while its own
-//!   reorder window fills; it is the subject of the performance work, not a correctness failure
-//!   (every byte that arrives is checked).
+//! The agent resends only its oldest unacknowledged message, once per 100 ms tick
+//! (`ResendStreamDataMessageScheduler`, as simulated). Two consequences shape these runs:
+//! - every *data* frame lost on its way to us costs about 100 ms whatever we do, so with 5 % of
+//!   the agent's frames lost a download moves about 0.1 MiB/s: `all_faults_both_ways` (5 %
+//!   drop, 5 % reorder, 2 % duplicates each way) stays small (`SOAK_LOSSY_MIB`, default 2);
+//! - every *ack* of ours that is lost costs the agent a tick too, and at 5 % loss its backlog of
+//!   messages waiting only for an ack outgrew what it clears, stalling the stream for minutes
+//!   (16 MiB did not finish in 6 minutes). The channel now sends each ack twice for a while
+//!   after a duplicate shows one was lost, and repeats its recent acks on every new websocket
+//!   (`channel::ACK_COPIES_AFTER_LOSS`, `channel::RECENT_ACKS`). `a_large_transfer`: 5 % drop,
+//!   5 % reorder, 2 % duplicates on our frames, 5 % reorder and 2 % duplicates on the agent's,
+//!   5 cuts, `SOAK_MIB` (default 256; ignored in CI, run with `--ignored`). Measured: 256 MiB in
+//!   218 s (debug build, on a loaded 2-core machine), peak RSS 34.8 MB, 45 519 of our frames
+//!   dropped, 5 resumes; 16 MiB in 6.3 s.
+//!
+//! Why it is not in CI: every cut loses the frames queued on the dying websocket (the relay's
+//! writer queue), and the agent recovers each lost frame of its own only as its oldest
+//! unacknowledged one, ten per second. On a machine busy with other work that queue is long,
+//! a cut loses thousands of frames and the echo needs minutes to recover: the run then
+//! measures the machine's load (it passed alone, and stalled twice beside a compiler). Nothing
+//! on the client side can ask the agent for a frame sooner; the protocol has no negative ack.
 
 mod aws_support;
 mod port_common;
@@ -46,14 +54,20 @@ fn faults(drop: f64) -> DirFaults {
     }
 }
 
+/// One soak at a time: two at once on a 2-core machine starve each other's simulator and
+/// plugin, which measures the machine, not the protocol.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_faults_both_ways() {
+    let _one = ONE_AT_A_TIME.lock().await;
     soak(mib("SOAK_LOSSY_MIB", 2), faults(0.05), faults(0.05)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "minutes long under loss; run with --ignored (see the module doc)"]
+#[ignore = "minutes long; run with --ignored (see the module doc)"]
 async fn a_large_transfer() {
+    let _one = ONE_AT_A_TIME.lock().await;
     soak(mib("SOAK_MIB", 256), faults(0.0), faults(0.05)).await;
 }
 
@@ -135,11 +149,34 @@ async fn soak(mib: usize, to_client: DirFaults, to_agent: DirFaults) {
 
     for k in 1..=5u64 {
         let at = len / 6 * k as usize;
-        wait_until(&format!("{at} bytes back"), STEP, || {
-            got.load(Ordering::SeqCst) >= at
+        let deadline = Instant::now() + STEP;
+        let mut trace_at = Instant::now();
+        while got.load(Ordering::SeqCst) < at && !reader.is_finished() {
+            if std::env::var_os("SOAK_TRACE").is_some() && Instant::now() > trace_at {
+                trace_at = Instant::now() + Duration::from_secs(2);
+                let s = world.sim.stats(&id).unwrap();
+                eprintln!(
+                    "soak trace: back {} data_in {} data_out {} acks_in {} resends {} dups {} ooo {} not_ready {}",
+                    got.load(Ordering::SeqCst), s.data_in, s.data_out, s.acks_in, s.resends, s.duplicates_seen, s.out_of_order, s.not_ready
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {at} bytes back"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if reader.is_finished() {
+            // It stopped early (a difference, or the tunnel closed): reported below.
+            break;
+        }
+        assert!(world.sim.cut(&id), "a client was connected");
+        // The cut is queued behind the frames already on their way; wait for the plugin's
+        // new connection before the next one, so each cut is an outage of its own.
+        wait_until(&format!("connection {}", k + 1), STEP, || {
+            world.sim.stats(&id).is_some_and(|s| s.connections > k)
         })
         .await;
-        assert!(world.sim.cut(&id), "a client was connected");
     }
     let result = tokio::time::timeout(STEP, reader)
         .await

@@ -42,6 +42,17 @@ use recv::{Incoming, Item, Verdict};
 use rto::RttEstimator;
 use send::{Outgoing, Queued};
 
+/// How long acks are sent twice after a duplicate showed that one of ours was lost. The agent
+/// resends only its oldest unacked message, once per 100 ms tick: with a few percent of acks
+/// lost, its backlog of messages waiting only for an ack grows faster than it can clear it, and
+/// a message we really miss waits behind all of them. Two copies make a lost ack rare; on a
+/// healthy link (no duplicates) acks are sent once.
+pub const ACK_COPIES_AFTER_LOSS: Duration = Duration::from_secs(2);
+
+/// How many of the latest acks are repeated on a new websocket: about two seconds of a fast
+/// download, more than a dying connection holds in flight.
+pub const RECENT_ACKS: usize = 4096;
+
 /// Largest useful send window: the agent's reorder buffer holds 10000 messages, and a window
 /// beyond it would let us send messages the agent must drop.
 pub const MAX_OUTGOING_WINDOW: usize = 10_000 - CONTROL_RESERVE;
@@ -116,6 +127,10 @@ pub struct Channel {
     out: Outgoing,
     inc: Incoming,
     acks: VecDeque<Vec<u8>>,
+    /// Until when each ack is sent twice (see [`ACK_COPIES_AFTER_LOSS`]).
+    ack_copies_until: Option<Instant>,
+    /// The stream messages acked most recently (id, sequence), acked again on a new websocket.
+    recent_acks: VecDeque<(Uuid, i64)>,
     rtt: RttEstimator,
     budget: Option<TokenBucket>,
     clock: ActiveClock,
@@ -162,6 +177,8 @@ impl Channel {
             keys: None,
             out: Outgoing::default(),
             acks: VecDeque::new(),
+            ack_copies_until: None,
+            recent_acks: VecDeque::new(),
             rtt: RttEstimator::default(),
             budget,
             clock: ActiveClock {
@@ -321,6 +338,26 @@ impl Channel {
     pub fn transport_restored(&mut self, now: Instant) {
         self.advance(now);
         self.connected = true;
+        // Acks written to the old websocket shortly before it died, and those still queued,
+        // may never have reached the agent, which resends only its oldest unacked message once
+        // per 100 ms: hundreds of lost acks would hold its stream for tens of seconds. The
+        // agent ignores acks for messages it no longer holds, so the recent ones are repeated.
+        let recent: Vec<_> = self.recent_acks.iter().copied().collect();
+        for (id, seq) in recent {
+            let acked = ClientMessage::new(
+                MessageType::OutputStreamData,
+                seq,
+                0,
+                PayloadType::NONE,
+                Bytes::new(),
+                0,
+                id,
+            );
+            let ack =
+                ClientMessage::acknowledge_for(&acked, self.created_date(), self.new_message_id());
+            self.acks.push_back(ack.encode());
+            self.stats.acks_repeated += 1;
+        }
         self.out.rearm_all(self.now);
         self.set_paused(false);
         self.update_clock();
@@ -537,6 +574,11 @@ impl Channel {
             }
             Verdict::Duplicate => {
                 self.stats.duplicates += 1;
+                // The agent resent a message we had acked: our ack was lost (a dropped link,
+                // a lossy relay). It resends only its oldest unacked message, once per 100 ms,
+                // so every lost ack costs it a tick and enough of them stall its stream for
+                // good; for a while each ack goes out twice.
+                self.ack_copies_until = Some(self.now + ACK_COPIES_AFTER_LOSS);
                 self.queue_ack(&msg);
             }
             Verdict::Accept => {
@@ -569,11 +611,22 @@ impl Channel {
     }
 
     fn queue_ack(&mut self, msg: &ClientMessage) {
+        if self.recent_acks.len() >= RECENT_ACKS {
+            self.recent_acks.pop_front();
+        }
+        self.recent_acks
+            .push_back((msg.message_id, msg.sequence_number));
         if !self.connected {
             return;
         }
         let ack = ClientMessage::acknowledge_for(msg, self.created_date(), self.new_message_id());
         self.acks.push_back(ack.encode());
+        if self.ack_copies_until.is_some_and(|t| self.now < t) {
+            let again =
+                ClientMessage::acknowledge_for(msg, self.created_date(), self.new_message_id());
+            self.acks.push_back(again.encode());
+            self.stats.acks_repeated += 1;
+        }
     }
 
     /// CreatedDate for a message made now. Never 0: peers reject that value.

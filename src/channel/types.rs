@@ -165,6 +165,8 @@ pub struct Stats {
     pub acked: u64,
     /// Acks we transmitted.
     pub acks_sent: u64,
+    /// Acks sent twice because acks were being lost.
+    pub acks_repeated: u64,
     /// New agent messages accepted.
     pub received: u64,
     /// Agent messages handed to the caller.

@@ -12,8 +12,9 @@ fn duplicates_are_reacked_and_delivered_once_in_order() {
     }
     assert_eq!(
         acked_seqs(&drain(&mut ch, t0)),
-        vec![0, 0, 2, 2, 1, 0, 2, 3],
-        "every copy is acked, including duplicates"
+        vec![0, 0, 0, 2, 2, 2, 2, 1, 1, 0, 0, 2, 2, 3, 3],
+        "every copy is acked, including duplicates; after the first duplicate (a lost ack) \
+         each ack goes out twice"
     );
     let got: Vec<i64> = events(&mut ch)
         .into_iter()
@@ -26,6 +27,55 @@ fn duplicates_are_reacked_and_delivered_once_in_order() {
     let s = ch.stats();
     assert_eq!((s.received, s.duplicates, s.delivered), (4, 4, 4));
     assert_eq!(ch.expected_sequence(), 4);
+}
+
+#[test]
+fn acks_are_doubled_only_for_a_while_after_a_duplicate() {
+    let t0 = start();
+    let mut ch = Channel::new(config(), t0);
+    ch.handle_frame(t0, &data(0, b"0")).unwrap();
+    ch.handle_frame(t0, &data(1, b"1")).unwrap();
+    assert_eq!(
+        acked_seqs(&drain(&mut ch, t0)),
+        vec![0, 1],
+        "a healthy link: one ack each"
+    );
+    ch.handle_frame(t0, &data(0, b"0")).unwrap();
+    ch.handle_frame(t0, &data(2, b"2")).unwrap();
+    assert_eq!(acked_seqs(&drain(&mut ch, t0)), vec![0, 0, 2, 2]);
+    let later = t0 + ACK_COPIES_AFTER_LOSS;
+    ch.handle_frame(later, &data(3, b"3")).unwrap();
+    assert_eq!(acked_seqs(&drain(&mut ch, later)), vec![3]);
+    assert_eq!(ch.stats().acks_repeated, 2);
+}
+
+#[test]
+fn a_new_websocket_repeats_the_recent_acks_and_drops_unwritten_ones() {
+    let t0 = start();
+    let mut ch = Channel::new(config(), t0);
+    for seq in 0..3 {
+        ch.handle_frame(t0, &data(seq, b"x")).unwrap();
+    }
+    // Acks 0..3 are queued but the link dies before they are written.
+    ch.transport_lost(t0);
+    assert!(drain(&mut ch, t0).is_empty());
+    ch.transport_restored(t0 + ms(500));
+    assert_eq!(
+        acked_seqs(&drain(&mut ch, t0 + ms(500))),
+        vec![0, 1, 2],
+        "the agent hears about every recent message again"
+    );
+    // Only the latest RECENT_ACKS are kept.
+    for seq in 3..(RECENT_ACKS as i64 + 10) {
+        ch.handle_frame(t0, &data(seq, b"x")).unwrap();
+        let _ = events(&mut ch);
+    }
+    let _ = drain(&mut ch, t0);
+    ch.transport_lost(t0);
+    ch.transport_restored(t0 + ms(600));
+    let again = acked_seqs(&drain(&mut ch, t0 + ms(600)));
+    assert_eq!(again.len(), RECENT_ACKS);
+    assert_eq!(again[0], 10);
 }
 
 #[test]
@@ -187,7 +237,13 @@ fn transport_restore_resends_every_unacked_message_in_order() {
     assert!(drain_raw(&mut ch, t0 + Duration::from_secs(30)).is_empty());
     assert_eq!(ch.poll_timeout(), None);
     ch.transport_restored(t0 + Duration::from_secs(30));
-    let out = drain_raw(&mut ch, t0 + Duration::from_secs(30));
+    let mut out = drain_raw(&mut ch, t0 + Duration::from_secs(30));
+    // First the ack of agent message 0 again (its first one was never written), then ours.
+    assert_eq!(
+        acked_seqs(&[ClientMessage::decode(&out[0]).unwrap()]),
+        vec![0]
+    );
+    out.remove(0);
     assert_eq!(out.len(), 5);
     assert_eq!(
         out[..4],
