@@ -80,19 +80,24 @@ fn every_resent_copy_of_a_message_is_acked_again() {
         .filter(|(m, _)| m.message_type == MessageType::OutputStreamData && m.sequence_number == 3)
         .map(|(_, acks)| acks)
         .collect();
-    // The original plus the agent's 48 resends; the Go plugin acked only the first.
+    // The original plus the agent's 48 resends; the Go plugin acked only the first. Once a
+    // resend shows an ack was lost, acks go out twice for a while.
     assert_eq!(copies_of_3.len(), 49);
-    assert!(copies_of_3.iter().all(|acks| **acks == [3]));
+    assert_eq!(*copies_of_3[0], [3]);
+    assert!(copies_of_3[1..].iter().all(|acks| **acks == [3, 3]));
     for (m, acks) in &log {
         match m.message_type {
-            MessageType::OutputStreamData => assert_eq!(acks, &vec![m.sequence_number]),
+            MessageType::OutputStreamData => {
+                assert!(!acks.is_empty() && acks.len() <= 2, "{acks:?}");
+                assert!(acks.iter().all(|a| *a == m.sequence_number), "{acks:?}");
+            }
             // Agent acks of input we never sent are ignored; channel_closed is never acked.
             _ => assert!(acks.is_empty(), "{m:?} drew {acks:?}"),
         }
     }
     let s = ch.stats();
     assert_eq!(s.duplicates, 48);
-    assert_eq!(s.acks_sent, s.received + 48);
+    assert_eq!(s.acks_sent, s.received + 48 + s.acks_repeated);
 
     // Each agent message once, in order, then the relay's channel_closed.
     let mut next = 0;
@@ -120,9 +125,9 @@ fn relay_duplicate_and_drop_in_retransmission_capture() {
         .iter()
         .filter(|(m, _)| m.message_type == MessageType::OutputStreamData)
         .collect();
-    assert!(data
-        .iter()
-        .all(|(m, acks)| acks == &vec![m.sequence_number]));
+    assert!(data.iter().all(|(m, acks)| !acks.is_empty()
+        && acks.len() <= 2
+        && acks.iter().all(|a| *a == m.sequence_number)));
     let delivered: Vec<i64> = events
         .iter()
         .filter_map(|e| match e {
