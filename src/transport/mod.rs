@@ -380,6 +380,12 @@ pub async fn connect(url: &str, opts: &ConnectOptions) -> Result<Ws, TransportEr
         .trim_end_matches(']')
         .to_owned();
     let port = parsed.port_or_known_default().unwrap_or(443);
+    // The first wss:// connection loads the TLS roots on a blocking thread while the TCP
+    // connection (and proxy tunnel) is being set up, so the load costs no time of its own.
+    let roots = (secure && !opts.tls.is_loaded()).then(|| {
+        let tls = opts.tls.clone();
+        tokio::task::spawn_blocking(move || tls.get())
+    });
     let tcp = match &opts.proxy {
         Some(p) => proxy_connect(p, &host, port, opts.timeouts.connect).await?,
         None => tcp_connect(&host, port, opts.timeouts.connect).await?,
@@ -387,7 +393,11 @@ pub async fn connect(url: &str, opts: &ConnectOptions) -> Result<Ws, TransportEr
     let stream = if secure {
         let name = rustls_pki_types::ServerName::try_from(host.clone())
             .map_err(|e| TransportError::BadUrl(e.to_string()))?;
-        let connector = tokio_rustls::TlsConnector::from(opts.tls.get());
+        let config = match roots {
+            Some(loading) => loading.await.unwrap_or_else(|_| opts.tls.get()),
+            None => opts.tls.get(),
+        };
+        let connector = tokio_rustls::TlsConnector::from(config);
         let tls = tokio::time::timeout(opts.timeouts.tls, connector.connect(name, tcp))
             .await
             .map_err(|_| TransportError::Tls {
