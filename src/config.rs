@@ -233,7 +233,13 @@ pub fn init_logging(env: &Env) {
 
     let filter = EnvFilter::try_new(env.log.as_deref().unwrap_or("warn"))
         .unwrap_or_else(|_| EnvFilter::new("warn"));
-    let cap = filter_fn(|m| !(leaky(m.target()) && *m.level() > tracing::Level::INFO));
+    // The cap only narrows what the level filter lets through, so its hint is "anything": the
+    // combined hint is then the level filter's own, and tracing skips disabled call sites
+    // (tungstenite's per-frame trace lines) before building them. Without it the combined hint
+    // is unknown, i.e. TRACE, and about a tenth of a bulk transfer's instructions went to
+    // formatting trace records only to throw them away.
+    let cap = filter_fn(|m| !(leaky(m.target()) && *m.level() > tracing::Level::INFO))
+        .with_max_level_hint(tracing::level_filters::LevelFilter::TRACE);
     let filter = filter.and(cap);
     if let Some(path) = &env.log_file {
         match std::fs::OpenOptions::new()
