@@ -14,13 +14,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const DOC: &str = "AWS-StartPortForwardingSession";
 const STEP: Duration = Duration::from_secs(30);
 
-fn config() -> agent_sim::SimConfig {
-    let mut cfg = fast_config();
-    cfg.limits.port_pacing = false;
-    cfg.limits.frame_rate_limit = None;
-    cfg
-}
-
 /// Reads until the peer closes (or `limit` passes); returns what came.
 async fn read_to_close(r: &mut (impl AsyncReadExt + Unpin), limit: Duration) -> Option<Vec<u8>> {
     let mut all = Vec::new();
@@ -39,7 +32,7 @@ async fn read_to_close(r: &mut (impl AsyncReadExt + Unpin), limit: Duration) -> 
 }
 
 async fn refused_resume_starts_a_new_session(agent_version: &str) {
-    let mut cfg = config();
+    let mut cfg = unpaced_config();
     cfg.agent_version = agent_version.into();
     let world = World::start(cfg).await;
     let (dport, _seen) = server("127.0.0.1", Behaviour::Echo).await;
@@ -154,7 +147,7 @@ async fn a_basic_forward_whose_resume_is_refused_continues_in_a_new_session() {
 
 #[tokio::test]
 async fn restarting_can_be_turned_off() {
-    let world = World::start(config()).await;
+    let world = World::start(unpaced_config()).await;
     let (dport, _seen) = server("127.0.0.1", Behaviour::Echo).await;
     let started = world.start_session(TARGET, Some(DOC), &[("portNumber", &dport.to_string())]);
     let id = started.session_id.clone();

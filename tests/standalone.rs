@@ -5,8 +5,7 @@
 mod aws_support;
 mod port_common;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
 use agent_sim::api::Instance;
@@ -16,38 +15,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const STEP: Duration = Duration::from_secs(30);
 
-fn config() -> agent_sim::SimConfig {
-    let mut cfg = fast_config();
-    cfg.limits.port_pacing = false;
-    cfg.limits.frame_rate_limit = None;
-    cfg
-}
-
 /// The plugin with a standalone command, in an isolated environment: the HOME's keys are the
 /// only credentials, SSM calls go to the fake API through --endpoint-url, KMS through
 /// AWS_ENDPOINT_URL_KMS, and no config file but the one a test writes is read.
 fn standalone(world: &World, home: &Home, args: &[&str]) -> tokio::process::Command {
-    let mut c =
-        tokio::process::Command::new(PathBuf::from(env!("CARGO_BIN_EXE_session-manager-plugin")));
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let log = format!("standalone-{}-{}-{n}", args[0], std::process::id());
+    let mut c = isolated(world, home, &log);
     // The common options right after the command: anything after `--` belongs to `exec`.
     c.arg(args[0])
         .args(["--region", REGION, "--endpoint-url", &world.api.url()])
         .args(&args[1..])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", home.path())
-        .env("XDG_CONFIG_HOME", home.path().join("xdg"))
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ENDPOINT_URL_KMS", world.api.url())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let dir = std::env::temp_dir().join("ssm-plugin-test-logs");
-    let _ = std::fs::create_dir_all(&dir);
-    let file = dir.join(format!("standalone-{}-{}.log", args[0], std::process::id()));
-    c.env("SESSION_MANAGER_PLUGIN_LOG", "debug")
-        .env("SESSION_MANAGER_PLUGIN_LOG_FILE", file);
+        .env("XDG_CONFIG_HOME", home.path().join("xdg"));
     c
 }
 
@@ -77,7 +57,7 @@ fn port_of(addr: &str) -> u16 {
 
 #[tokio::test]
 async fn exec_exits_with_the_remote_status_and_keeps_stderr_apart() {
-    let world = World::start(config()).await;
+    let world = World::start(unpaced_config()).await;
     let home = Home::with_keys("default", KEY, SECRET);
     let out = finished(standalone(
         &world,
@@ -117,7 +97,7 @@ async fn exec_exits_with_the_remote_status_and_keeps_stderr_apart() {
 
 #[tokio::test]
 async fn connect_runs_a_shell_without_the_aws_cli() {
-    let world = World::start(config()).await;
+    let world = World::start(unpaced_config()).await;
     let home = Home::with_keys("default", KEY, SECRET);
     let mut p = Running::spawn(standalone(
         &world,
@@ -142,7 +122,7 @@ async fn connect_runs_a_shell_without_the_aws_cli() {
 
 #[tokio::test]
 async fn targets_by_tag_with_zero_one_and_two_matches() {
-    let world = World::start(config()).await;
+    let world = World::start(unpaced_config()).await;
     world.api.set_instances(vec![
         Instance::online("i-0aaaaaaaaaaaaaaa1", &[("Name", "web"), ("Role", "app")]),
         Instance::online(
@@ -201,7 +181,7 @@ async fn targets_by_tag_with_zero_one_and_two_matches() {
 
 #[tokio::test]
 async fn three_forwards_in_one_process() {
-    let world = World::start(config()).await;
+    let world = World::start(unpaced_config()).await;
     let home = Home::with_keys("default", KEY, SECRET);
     let (d1, _s1) = server("127.0.0.1", Behaviour::Echo).await;
     let (d2, _s2) = server("127.0.0.1", Behaviour::Echo).await;
@@ -302,7 +282,7 @@ async fn curl_socks(proxy: &str, url: &str) -> String {
 
 #[tokio::test]
 async fn socks5_gives_each_destination_a_session_and_reuses_it() {
-    let world = World::start(config()).await;
+    let world = World::start(unpaced_config()).await;
     let home = Home::with_keys("default", KEY, SECRET);
     let h1 = http_server("first destination").await;
     let h2 = http_server("second destination").await;
@@ -382,7 +362,7 @@ fn write(path: &Path, text: &str) {
 
 #[tokio::test]
 async fn named_tunnels_from_a_config_file() {
-    let world = World::start(config()).await;
+    let world = World::start(unpaced_config()).await;
     let home = Home::with_keys("default", KEY, SECRET);
     world.api.set_instances(vec![Instance::online(
         "i-0bbbbbbbbbbbbbbb1",

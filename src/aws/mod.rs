@@ -154,14 +154,7 @@ impl Aws {
             };
             Ok((response, region))
         };
-        tokio::time::timeout(SSM_CALL_TIMEOUT, work)
-            .await
-            .unwrap_or_else(|_| {
-                Err(format!(
-                    "StartSession did not answer within {} s",
-                    SSM_CALL_TIMEOUT.as_secs()
-                ))
-            })
+        bounded(SSM_CALL_TIMEOUT, "StartSession", work).await
     }
 
     /// Online managed nodes matching every filter (`tag:KEY`, `tag-key`, `InstanceIds`, ...):
@@ -211,14 +204,7 @@ impl Aws {
                 }
             }
         };
-        tokio::time::timeout(SSM_CALL_TIMEOUT, work)
-            .await
-            .unwrap_or_else(|_| {
-                Err(format!(
-                    "DescribeInstanceInformation did not answer within {} s",
-                    SSM_CALL_TIMEOUT.as_secs()
-                ))
-            })
+        bounded(SSM_CALL_TIMEOUT, "DescribeInstanceInformation", work).await
     }
 
     /// Loads a fresh SDK configuration: files are re-read, so a profile rewritten on disk (an
@@ -513,13 +499,22 @@ impl Aws {
                 .map(|_| ())
                 .map_err(|e| format!("TerminateSession failed: {}", describe_sdk_error(&e)))
         };
-        tokio::time::timeout(bound, work).await.unwrap_or_else(|_| {
-            Err(format!(
-                "TerminateSession did not answer within {} s",
-                bound.as_secs()
-            ))
-        })
+        bounded(bound, "TerminateSession", work).await
     }
+}
+
+/// `work` within `bound`; past it, an error saying which call did not answer.
+async fn bounded<T>(
+    bound: Duration,
+    call: &str,
+    work: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(bound, work).await.unwrap_or_else(|_| {
+        Err(format!(
+            "{call} did not answer within {} s",
+            bound.as_secs()
+        ))
+    })
 }
 
 /// The SDK's multi-line error texts (the credential chain lists every provider it tried, then

@@ -170,15 +170,24 @@ pub fn plugin_request(
     request: &serde_json::Value,
     endpoint: &str,
 ) -> tokio::process::Command {
-    let mut c =
-        tokio::process::Command::new(PathBuf::from(env!("CARGO_BIN_EXE_session-manager-plugin")));
+    let mut c = isolated(world, home, &format!("plugin-{}", started.session_id));
     c.arg(response_json(started))
         .arg(REGION)
         .arg("StartSession")
         .arg(profile)
         .arg(request.to_string())
-        .arg(endpoint)
-        .env_clear()
+        .arg(endpoint);
+    c
+}
+
+/// The plugin binary in an isolated environment: the HOME's files are the only credentials,
+/// KMS goes to the fake API, stdio is piped, and it keeps a debug log named `log_name`, so a
+/// failure shows what the plugin was doing (see `Running::finish`); SSM_TEST_PLUGIN_LOG_DIR
+/// chooses where the logs are kept.
+pub fn isolated(world: &World, home: &Home, log_name: &str) -> tokio::process::Command {
+    let mut c =
+        tokio::process::Command::new(PathBuf::from(env!("CARGO_BIN_EXE_session-manager-plugin")));
+    c.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", home.path())
         .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -187,17 +196,23 @@ pub fn plugin_request(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    // A debug log per plugin, so a failure shows what the plugin was doing (see
-    // `Running::finish`); SSM_TEST_PLUGIN_LOG_DIR chooses where they are kept.
     let dir = std::env::var_os("SSM_TEST_PLUGIN_LOG_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("ssm-plugin-test-logs"));
     let _ = std::fs::create_dir_all(&dir);
-    let file = dir.join(format!("plugin-{}.log", started.session_id));
+    let file = dir.join(format!("{log_name}.log"));
     let _ = std::fs::remove_file(&file);
     c.env("SESSION_MANAGER_PLUGIN_LOG", "debug")
         .env("SESSION_MANAGER_PLUGIN_LOG_FILE", file);
     c
+}
+
+/// Simulator settings for tests about sessions, not pacing: fast, service limits off.
+pub fn unpaced_config() -> SimConfig {
+    let mut cfg = fast_config();
+    cfg.limits.port_pacing = false;
+    cfg.limits.frame_rate_limit = None;
+    cfg
 }
 
 /// Output of a finished plugin.
