@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use futures_util::future::{join_all, LocalBoxFuture};
 
-use super::spec::{DynamicForward, LocalForward};
+use super::spec::{request, DynamicForward, LocalForward};
 use super::{resolve_target, socks, tunnels, AwsOptions, Failure};
-use crate::cli::RequestParameters;
 use crate::config;
 use crate::exit::Exit;
 use crate::session::port::params::Endpoint;
@@ -20,11 +19,6 @@ use crate::ui::Ui;
 
 /// Default idle time of a SOCKS5 destination's session, in seconds.
 pub const DEFAULT_SOCKS_IDLE_SECS: u64 = 300;
-/// The document for a forward to the target itself.
-pub const PORT_DOCUMENT: &str = "AWS-StartPortForwardingSession";
-/// The document for a forward to another host through the target.
-pub const REMOTE_HOST_DOCUMENT: &str = "AWS-StartPortForwardingSessionToRemoteHost";
-
 /// The forwards of one target.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -33,33 +27,6 @@ pub struct Plan {
     pub dynamic: Vec<DynamicForward>,
     pub socks_idle: Duration,
     pub reason: Option<String>,
-}
-
-/// The StartSession request of a forward to `host` (None: the target) port `port`.
-pub(crate) fn request(
-    target: &str,
-    host: Option<&str>,
-    port: u16,
-    reason: Option<String>,
-) -> RequestParameters {
-    let mut parameters = std::collections::BTreeMap::from([
-        ("portNumber".to_owned(), vec![port.to_string()]),
-        // The listener is ours already; the agent only echoes this back.
-        ("localPortNumber".to_owned(), vec!["0".to_owned()]),
-    ]);
-    let document = match host {
-        Some(h) => {
-            parameters.insert("host".to_owned(), vec![h.to_owned()]);
-            REMOTE_HOST_DOCUMENT
-        }
-        None => PORT_DOCUMENT,
-    };
-    RequestParameters {
-        target: target.to_owned(),
-        document_name: Some(document.to_owned()),
-        reason,
-        parameters,
-    }
 }
 
 /// Runs every plan until Ctrl-C (or every forward ended); the status is the worst one.
@@ -175,21 +142,4 @@ async fn run_one(mut settings: Settings, listener: Arc<Listener>, restarts: u32)
     let (outcome, id) = session::run_forwarding(settings, restarts).await;
     session::print_end(ui, &id, &outcome);
     outcome.exit
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn forwards_pick_the_document_by_host() {
-        let r = request("i-1", None, 80, None);
-        assert_eq!(r.document_name.as_deref(), Some(PORT_DOCUMENT));
-        assert_eq!(r.parameters["portNumber"], vec!["80"]);
-        assert!(!r.parameters.contains_key("host"));
-        let r = request("i-1", Some("db.internal"), 5432, Some("why".into()));
-        assert_eq!(r.document_name.as_deref(), Some(REMOTE_HOST_DOCUMENT));
-        assert_eq!(r.parameters["host"], vec!["db.internal"]);
-        assert_eq!(r.reason.as_deref(), Some("why"));
-    }
 }

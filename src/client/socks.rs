@@ -334,7 +334,7 @@ fn start_dest(ctx: &Rc<Context>, dests: &Dests, dest: &Destination, generation: 
     let label = format!("SOCKS5 destination {}:{}", dest.host, dest.port);
     let listener = Arc::new(Listener::handed(label, rx));
     let request =
-        super::forward::request(&ctx.target, Some(&dest.host), dest.port, ctx.reason.clone());
+        super::spec::request(&ctx.target, Some(&dest.host), dest.port, ctx.reason.clone());
     let ctx2 = ctx.clone();
     let dests2 = dests.clone();
     let d = dest.clone();

@@ -1,4 +1,7 @@
-//! The `-L` and `-D` forward specifications of `forward`, in ssh's syntax. Pure.
+//! The `-L` and `-D` forward specifications of `forward`, in ssh's syntax, and the StartSession
+//! request each forward makes. Pure.
+
+use crate::cli::RequestParameters;
 
 /// One `-L [BIND:]LPORT:[HOST:]RPORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +102,38 @@ impl std::str::FromStr for DynamicForward {
     }
 }
 
+/// The document for a forward to the target itself.
+pub const PORT_DOCUMENT: &str = "AWS-StartPortForwardingSession";
+/// The document for a forward to another host through the target.
+pub const REMOTE_HOST_DOCUMENT: &str = "AWS-StartPortForwardingSessionToRemoteHost";
+
+/// The StartSession request of a forward to `host` (None: the target) port `port`.
+pub fn request(
+    target: &str,
+    host: Option<&str>,
+    port: u16,
+    reason: Option<String>,
+) -> RequestParameters {
+    let mut parameters = std::collections::BTreeMap::from([
+        ("portNumber".to_owned(), vec![port.to_string()]),
+        // The listener is ours already; the agent only echoes this back.
+        ("localPortNumber".to_owned(), vec!["0".to_owned()]),
+    ]);
+    let document = match host {
+        Some(h) => {
+            parameters.insert("host".to_owned(), vec![h.to_owned()]);
+            REMOTE_HOST_DOCUMENT
+        }
+        None => PORT_DOCUMENT,
+    };
+    RequestParameters {
+        target: target.to_owned(),
+        document_name: Some(document.to_owned()),
+        reason,
+        parameters,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +199,17 @@ mod tests {
         let d: DynamicForward = "127.0.0.2:0".parse().unwrap();
         assert_eq!(d.bind.as_deref(), Some("127.0.0.2"));
         assert!("a:b:c".parse::<DynamicForward>().is_err());
+    }
+
+    #[test]
+    fn forwards_pick_the_document_by_host() {
+        let r = request("i-1", None, 80, None);
+        assert_eq!(r.document_name.as_deref(), Some(PORT_DOCUMENT));
+        assert_eq!(r.parameters["portNumber"], vec!["80"]);
+        assert!(!r.parameters.contains_key("host"));
+        let r = request("i-1", Some("db.internal"), 5432, Some("why".into()));
+        assert_eq!(r.document_name.as_deref(), Some(REMOTE_HOST_DOCUMENT));
+        assert_eq!(r.parameters["host"], vec!["db.internal"]);
+        assert_eq!(r.reason.as_deref(), Some("why"));
     }
 }

@@ -96,5 +96,5 @@ pub struct HandlerContext {
     pub bind_address: Option<String>,
     /// The port listener, when it outlives the session (a restarted forward, a SOCKS5
     /// destination); a port session that opens one leaves it here.
-    pub listener: super::port::ListenerSlot,
+    pub listener: super::listen::ListenerSlot,
 }

@@ -14,6 +14,7 @@
 pub mod core;
 pub mod handler;
 pub mod handshake;
+pub mod listen;
 pub mod port;
 pub mod shell;
 pub(crate) mod signals;

@@ -13,9 +13,9 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::conn::{self, AbortOnDrop, ConnId, ReadEvent, WriteCmd, WriterDone};
-use super::listen::Listener;
 use super::CONNECT_ERROR_LINE;
 use crate::channel::Priority;
+use crate::session::listen::Listener;
 use crate::session::{FromAgent, HandlerContext, HandlerExit, LocalEnd, ToAgent};
 use crate::wire::{FlagValue, PayloadType};
 

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::listen::{LocalRead, LocalWrite};
+use crate::session::listen::{LocalRead, LocalWrite};
 
 /// Identifies a local connection within one session (the smux stream id in mux mode).
 pub type ConnId = u32;

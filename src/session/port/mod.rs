@@ -15,12 +15,12 @@
 
 mod basic;
 mod conn;
-mod listen;
 mod mux;
 pub mod params;
 mod stdio;
 
-pub use listen::{Listener, ListenerSlot, LocalConn};
+use super::listen;
+pub use super::listen::{Listener, ListenerSlot, LocalConn};
 
 use super::{HandlerContext, HandlerExit};
 use crate::exit::Exit;

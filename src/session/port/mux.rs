@@ -17,10 +17,10 @@ use bytes::BytesMut;
 use tokio::sync::mpsc;
 
 use super::conn::{self, AbortOnDrop, ConnId, ReadEvent, WriteCmd, WriterDone};
-use super::listen::Listener;
 use super::CONNECT_ERROR_LINE;
 use crate::channel::Priority;
 use crate::exit::Exit;
+use crate::session::listen::Listener;
 use crate::session::{FromAgent, HandlerContext, HandlerExit, LocalEnd, ToAgent};
 use crate::smux::{KeepAlive, Mux, MuxConfig, MuxEvent, Role, DEFAULT_MAX_FRAME_SIZE};
 use crate::wire::{FlagValue, PayloadType};

@@ -12,7 +12,7 @@ use std::task::Poll;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 
-use super::params::Endpoint;
+use super::port::params::Endpoint;
 
 /// The read side of an accepted local connection.
 pub type LocalRead = Pin<Box<dyn AsyncRead + Send>>;
