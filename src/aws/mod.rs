@@ -7,6 +7,7 @@
 //! session that does not need AWS: credentials are resolved in the background on first demand,
 //! each wait is bounded, and a session without KMS only waits [`SIGNING_WAIT`] for them.
 
+mod https;
 pub mod sign;
 
 use std::sync::{Arc, Mutex};
@@ -218,7 +219,8 @@ impl Aws {
                     .operation_timeout(Duration::from_secs(15))
                     .build(),
             )
-            .retry_config(RetryConfig::standard().with_max_attempts(3));
+            .retry_config(RetryConfig::standard().with_max_attempts(3))
+            .http_client(https::deferred_https_client());
         if !self.region.is_empty() {
             loader = loader.region(Region::new(self.region.clone()));
         }
