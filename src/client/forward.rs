@@ -135,9 +135,8 @@ pub(crate) async fn run(
 }
 
 /// One `-L` forward: its session (and the sessions that continue it) on `listener`.
-async fn run_one(mut settings: Settings, listener: Arc<Listener>, restarts: u32) -> Exit {
+async fn run_one(settings: Settings, listener: Arc<Listener>, restarts: u32) -> Exit {
     *settings.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener);
-    settings.ui = Ui { to_stderr: true };
     let ui = settings.ui;
     let (outcome, id) = session::run_forwarding(settings, restarts).await;
     session::print_end(ui, &id, &outcome);

@@ -203,11 +203,7 @@ impl Proxy {
                     tokio::select! {
                         sig = signals.recv() => {
                             tracing::debug!(?sig, "SOCKS5 proxy stops");
-                            return match sig {
-                                crate::session::core::Signal::Terminate => Exit::Signal(15),
-                                crate::session::core::Signal::HangUp => Exit::Signal(1),
-                                _ => Exit::Normal,
-                            };
+                            return sig.leaving_exit();
                         }
                         _ = reap.tick() => reap_idle(&dests, ctx.idle),
                         accepted = self.listener.accept() => match accepted {

@@ -167,11 +167,7 @@ pub async fn run_forwarding(mut settings: Settings, restarts: u32) -> (Outcome, 
                 _ = tokio::time::sleep(delay) => {}
                 sig = signals.recv() => {
                     tracing::debug!(?sig, "signal while starting a new session");
-                    let exit = match sig {
-                        core::Signal::Terminate => crate::exit::Exit::Signal(15),
-                        core::Signal::HangUp => crate::exit::Exit::Signal(1),
-                        _ => crate::exit::Exit::Normal,
-                    };
+                    let exit = sig.leaving_exit();
                     let report = core::Report::Quiet;
                     return (Outcome { lost: false, exit, report }, id);
                 }

@@ -200,13 +200,7 @@ fn sequence_numbers_count_from_zero_without_gaps() {
     let t0 = start();
     let mut ch = Channel::new(config(), t0);
     for p in [&b"a"[..], b"b", b"c"] {
-        ch.send(
-            t0,
-            PayloadType::OUTPUT,
-            Bytes::copy_from_slice(p),
-            Priority::Data,
-        )
-        .unwrap();
+        send(&mut ch, t0, p);
     }
     ch.send(
         t0,
@@ -247,13 +241,7 @@ fn control_overtakes_queued_data_and_takes_the_next_sequence_number() {
         t0,
     );
     for p in [&b"d0"[..], b"d1", b"d2"] {
-        ch.send(
-            t0,
-            PayloadType::OUTPUT,
-            Bytes::copy_from_slice(p),
-            Priority::Data,
-        )
-        .unwrap();
+        send(&mut ch, t0, p);
     }
     let first = drain(&mut ch, t0);
     assert_eq!(first.len(), 1, "burst of 1");

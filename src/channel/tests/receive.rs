@@ -217,13 +217,7 @@ fn transport_restore_resends_every_unacked_message_in_order() {
     let t0 = start();
     let mut ch = Channel::new(config(), t0);
     for p in [&b"0"[..], b"1", b"2", b"3", b"4"] {
-        ch.send(
-            t0,
-            PayloadType::OUTPUT,
-            Bytes::copy_from_slice(p),
-            Priority::Data,
-        )
-        .unwrap();
+        send(&mut ch, t0, p);
     }
     let originals = drain_raw(&mut ch, t0);
     ch.handle_frame(t0 + ms(5), &ack_of(2)).unwrap();

@@ -89,6 +89,15 @@ pub enum Signal {
 }
 
 impl Signal {
+    /// The status of a process that leaves on this signal once the agent knows: 128 + N for
+    /// SIGTERM and SIGHUP, 0 for the others (Ctrl-C ends a forward normally).
+    pub fn leaving_exit(self) -> Exit {
+        match self {
+            Self::Terminate | Self::HangUp => Exit::Signal(self.number()),
+            _ => Exit::Normal,
+        }
+    }
+
     fn number(self) -> i32 {
         match self {
             Self::Interrupt => 2,
