@@ -132,6 +132,9 @@ pub struct Channel {
     /// The stream messages acked most recently (id, sequence), acked again on a new websocket.
     recent_acks: VecDeque<(Uuid, i64)>,
     rtt: RttEstimator,
+    /// The latest websocket restore: the resends it calls for (of messages sent before it)
+    /// do not back off the timer.
+    rto_epoch: Instant,
     budget: Option<TokenBucket>,
     clock: ActiveClock,
     stats: Stats,
@@ -180,6 +183,7 @@ impl Channel {
             ack_copies_until: None,
             recent_acks: VecDeque::new(),
             rtt: RttEstimator::default(),
+            rto_epoch: now,
             budget,
             clock: ActiveClock {
                 accumulated: Duration::ZERO,
@@ -359,6 +363,7 @@ impl Channel {
             self.stats.acks_repeated += 1;
         }
         self.out.rearm_all(self.now);
+        self.rto_epoch = self.now;
         self.set_paused(false);
         self.update_clock();
     }
@@ -397,6 +402,18 @@ impl Channel {
             if deadline <= now {
                 if !self.take_token(now) {
                     return None;
+                }
+                // A message overtaken by the ack of a later one is lost: resent, the timer
+                // untouched. One that nothing later has overtaken may be slow, not lost: it is
+                // resent (as TCP resends on a timeout), the timer backs off, and the others
+                // of unknown fate wait a full timeout more. Resends a new websocket calls for
+                // (sent before `rto_epoch`) are no timeout.
+                if !self.out.overtaken(seq)
+                    && self.out.last_sent(seq).is_some_and(|t| t >= self.rto_epoch)
+                {
+                    self.rtt.on_timeout();
+                    let rtt = &self.rtt;
+                    self.out.hold_unknown(seq, now, |b| rtt.backed_off(b));
                 }
                 let rtt = &self.rtt;
                 let frame = self.out.resend(seq, now, |b| rtt.backed_off(b));

@@ -14,11 +14,19 @@ pub const MAX_RTO: Duration = Duration::from_secs(1);
 
 /// Round-trip estimator. Feed it only samples from messages transmitted once (Karn's rule):
 /// an ack of a resent message cannot say which transmission it answers.
+///
+/// Karn's rule alone has a blind spot: when the peer slows down (a queue builds up), the
+/// messages that take longer than the RTO are resent and give no sample, so the estimate is
+/// drawn only from the fast ones and never grows; every message is then resent once for
+/// nothing. Hence the timer back-off of RFC 6298 (5.5): each timeout doubles the RTO until a
+/// message sent once is acked and gives a fresh sample.
 #[derive(Debug, Clone)]
 pub struct RttEstimator {
     srtt: Duration,
     rttvar: Duration,
     rto: Duration,
+    /// Timer back-offs since the last sample: the RTO in force is `rto * 2^timeouts`.
+    timeouts: u32,
 }
 
 impl Default for RttEstimator {
@@ -27,6 +35,7 @@ impl Default for RttEstimator {
             srtt: INITIAL_RTT,
             rttvar: Duration::ZERO,
             rto: INITIAL_RTO,
+            timeouts: 0,
         }
     }
 }
@@ -41,11 +50,17 @@ impl RttEstimator {
         self.srtt = self.srtt * 7 / 8 + r / 8;
         let var = (self.rttvar * 4).max(CLOCK_GRANULARITY);
         self.rto = (self.srtt + var).min(MAX_RTO);
+        self.timeouts = 0;
     }
 
-    /// Current retransmission timeout.
+    /// A message timed out: the RTO in force doubles (up to [`MAX_RTO`]) until the next sample.
+    pub fn on_timeout(&mut self) {
+        self.timeouts = self.timeouts.saturating_add(1).min(16);
+    }
+
+    /// The retransmission timeout in force (backed off after timeouts).
     pub fn rto(&self) -> Duration {
-        self.rto
+        self.backed_off(0)
     }
 
     /// Smoothed round-trip time.
@@ -58,10 +73,12 @@ impl RttEstimator {
         self.rttvar
     }
 
-    /// Resend interval for a message already resent `backoff` times on timeout: the RTO doubled
-    /// per timeout, never above [`MAX_RTO`], so a dead peer sees at most one copy per second.
+    /// Resend interval for a message already resent `backoff` times on timeout: the estimated
+    /// RTO doubled per timeout, of the message or of the timer, whichever is more, never above
+    /// [`MAX_RTO`], so a dead peer sees at most one copy per second.
     pub fn backed_off(&self, backoff: u32) -> Duration {
-        let factor = 1u32.checked_shl(backoff.min(16)).unwrap_or(u32::MAX);
+        let doublings = backoff.max(self.timeouts).min(16);
+        let factor = 1u32.checked_shl(doublings).unwrap_or(u32::MAX);
         self.rto.saturating_mul(factor).min(MAX_RTO)
     }
 }
@@ -124,5 +141,30 @@ mod tests {
         assert_eq!(e.backed_off(2), ms(800));
         assert_eq!(e.backed_off(3), MAX_RTO);
         assert_eq!(e.backed_off(u32::MAX), MAX_RTO);
+    }
+
+    #[test]
+    fn timeouts_back_off_the_timer_until_the_next_sample() {
+        let mut e = RttEstimator::default();
+        e.on_sample(ms(20)); // RTO 170
+        e.on_timeout();
+        assert_eq!(e.rto(), ms(340));
+        assert_eq!(
+            e.backed_off(0),
+            ms(340),
+            "new messages wait the backed-off RTO"
+        );
+        assert_eq!(
+            e.backed_off(2),
+            ms(680),
+            "a message's own back-off wins when larger"
+        );
+        e.on_timeout();
+        assert_eq!(e.rto(), ms(680));
+        e.on_timeout();
+        assert_eq!(e.rto(), MAX_RTO);
+        // A sample (90 ms, as in samples_match_hand_computed_values) ends the back-off.
+        e.on_sample(ms(90));
+        assert_eq!(e.rto(), ms(150));
     }
 }

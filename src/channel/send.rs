@@ -54,6 +54,9 @@ pub(crate) struct Outgoing {
     base_seq: i64,
     unacked_count: usize,
     resend_at: BTreeSet<(Instant, i64)>,
+    /// The highest sequence number acked so far: an unacked message below it is presumed lost
+    /// (the agent acks each message as it comes), one above it may just be slow.
+    highest_acked: Option<i64>,
 }
 
 impl Outgoing {
@@ -104,6 +107,7 @@ impl Outgoing {
         let idx = usize::try_from(seq.checked_sub(self.base_seq)?).ok()?;
         let entry = self.unacked.get_mut(idx)?.take()?;
         self.unacked_count -= 1;
+        self.highest_acked = self.highest_acked.max(Some(seq));
         self.resend_at.remove(&(entry.deadline, seq));
         while matches!(self.unacked.front(), Some(None)) {
             self.unacked.pop_front();
@@ -143,6 +147,38 @@ impl Outgoing {
         self.resend_at.remove(&(old, seq));
         self.resend_at.insert((deadline, seq));
         Some(frame)
+    }
+
+    /// When the message `seq` was last transmitted, if it is unacked.
+    pub fn last_sent(&self, seq: i64) -> Option<Instant> {
+        let idx = usize::try_from(seq.checked_sub(self.base_seq)?).ok()?;
+        Some(self.unacked.get(idx)?.as_ref()?.last_sent)
+    }
+
+    /// Whether a message after `seq` has been acked, so that `seq` is presumed lost rather
+    /// than slow.
+    pub fn overtaken(&self, seq: i64) -> bool {
+        self.highest_acked.is_some_and(|h| h > seq)
+    }
+
+    /// Makes every message not overtaken by an ack, except `seq`, wait at least its (backed
+    /// off) timeout from `now`. Called when such a message times out: a peer that is slow
+    /// rather than lossy then gets one resend per timeout, the oldest, as TCP's single timer
+    /// gives, instead of a copy of the whole flight; the messages that come back acked
+    /// meanwhile give the samples the estimate lacked.
+    pub fn hold_unknown(&mut self, seq: i64, now: Instant, interval: impl Fn(u32) -> Duration) {
+        let from = self.highest_acked.map_or(self.base_seq, |h| h + 1);
+        let start = usize::try_from(from - self.base_seq).unwrap_or(0);
+        for (k, e) in self.unacked.iter_mut().enumerate().skip(start) {
+            let Some(e) = e else { continue };
+            let s = self.base_seq + k as i64;
+            let later = now + interval(e.backoff);
+            if s != seq && later > e.deadline {
+                self.resend_at.remove(&(e.deadline, s));
+                e.deadline = later;
+                self.resend_at.insert((later, s));
+            }
+        }
     }
 
     /// Makes every unacked message due at `now` (in sequence order) and resets its backoff:

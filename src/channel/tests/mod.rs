@@ -277,14 +277,15 @@ fn rto_follows_rfc6298_from_karn_samples_only() {
     ch.handle_frame(t0 + ms(20), &ack_of(0)).unwrap();
     let s = ch.stats();
     assert_eq!((s.srtt, s.rttvar, s.rto), (ms(90), ms(20), ms(170)));
-    // Message 1 times out at 200 ms (the RTO when it was sent) and is resent; its ack must not
-    // produce a sample.
+    // Message 1 times out at 200 ms (the RTO when it was sent) and is resent, and as nothing
+    // after it was acked the timer backs off (170 -> 340 ms); its ack must not produce a
+    // sample, so the back-off stays until the next one.
     let resent = drain(&mut ch, t0 + ms(200));
     assert_eq!(resent.len(), 1);
     assert_eq!(resent[0].sequence_number, 1);
     ch.handle_frame(t0 + ms(230), &ack_of(1)).unwrap();
     let s = ch.stats();
-    assert_eq!((s.srtt, s.rttvar, s.rto), (ms(90), ms(20), ms(170)));
+    assert_eq!((s.srtt, s.rttvar, s.rto), (ms(90), ms(20), ms(340)));
     assert_eq!(s.acked, 2);
     // Next sample: 90 ms -> RTTVAR 15, SRTT 90, RTO 150.
     send(&mut ch, t0 + ms(300), b"c");
@@ -344,11 +345,61 @@ fn every_overdue_message_is_resent_oldest_first() {
     }
     assert_eq!(drain(&mut ch, t0).len(), 4);
     ch.handle_frame(t0 + ms(10), &ack_of(1)).unwrap();
-    let resent: Vec<i64> = drain(&mut ch, t0 + ms(250))
-        .iter()
-        .map(|m| m.sequence_number)
-        .collect();
-    assert_eq!(resent, vec![0, 2, 3]);
+    let seqs =
+        |ms: Vec<ClientMessage>| -> Vec<i64> { ms.iter().map(|m| m.sequence_number).collect() };
+    assert_eq!(ch.stats().rto, ms(178) + Duration::from_micros(750));
+    // At 250 ms all three are overdue. 0 was overtaken by the ack of 1: lost, resent. 2 may
+    // only be slow: resent, and the timer backs off to 357.5 ms; 3 now waits that long.
+    assert_eq!(seqs(drain(&mut ch, t0 + ms(250))), vec![0, 2]);
+    let rto = ms(357) + Duration::from_micros(500);
+    assert_eq!(ch.stats().rto, rto);
+    assert!(drain(&mut ch, t0 + ms(250) + rto - ms(1)).is_empty());
+    // Then 0 (lost) and 2 (its first resend timed out) again, and 3 is held behind 2 for as
+    // long as nothing answers.
+    assert_eq!(seqs(drain(&mut ch, t0 + ms(250) + rto)), vec![0, 2]);
+}
+
+#[test]
+fn a_slow_flight_is_resent_once_not_message_by_message() {
+    // A peer whose acks suddenly take 300 ms (a queue building up) while the RTO is ~20 ms:
+    // without the timer back-off every message of the flight would be resent for nothing,
+    // and the samples would never show the new delay (Karn's rule drops resent messages).
+    let t0 = start();
+    let mut ch = Channel::new(config(), t0);
+    let mut now = t0;
+    // A fast start: 50 messages acked after 2 ms each.
+    for i in 0..50i64 {
+        send(&mut ch, now, b"fast");
+        assert_eq!(drain(&mut ch, now).len(), 1);
+        now += ms(2);
+        ch.handle_frame(now, &ack_of(i)).unwrap();
+    }
+    assert!(ch.stats().rto < ms(30), "{:?}", ch.stats());
+    // Then a flight of 100 messages whose acks all come back 300 ms after their send.
+    let flight_start = now;
+    let mut resent = 0;
+    for _ in 0..100 {
+        send(&mut ch, now, b"slow");
+        resent += drain(&mut ch, now).len() - 1;
+        now += ms(1);
+    }
+    let mut next_ack = 50i64;
+    while next_ack < 150 {
+        now += ms(1);
+        ch.handle_timeout(now);
+        resent += drain(&mut ch, now).len();
+        let due = flight_start + ms(300) + ms(u64::try_from(next_ack - 50).unwrap());
+        if now >= due {
+            ch.handle_frame(now, &ack_of(next_ack)).unwrap();
+            next_ack += 1;
+        }
+    }
+    assert!(resent <= 5, "resent {resent} of a slow flight of 100");
+    assert!(
+        ch.stats().srtt > ms(30),
+        "the delay shows: {:?}",
+        ch.stats()
+    );
 }
 
 #[test]
