@@ -92,10 +92,12 @@ struct Rig {
     id: String,
     /// The plugin's HOME with its credentials, needed again for every ResumeSession.
     _home: Home,
+    log: std::path::PathBuf,
 }
 
 /// Starts the simulator with these faults (seeded, so a run can be repeated), a session to
-/// `dport`, and the plugin at `SOAK_LOG` (default `info`) with no frame-rate cap.
+/// `dport`, and the plugin at `SOAK_LOG` (default `info`, plus the session's closing
+/// statistics) with no frame-rate cap, logging to `SOAK_LOG_FILE` or a file of the rig's.
 async fn rig(dport: u16, to_client: DirFaults, to_agent: DirFaults) -> Rig {
     let mut cfg = fast_config();
     cfg.ws_credentials = ws_credentials();
@@ -116,12 +118,14 @@ async fn rig(dport: u16, to_client: DirFaults, to_agent: DirFaults) -> Rig {
     let mut cmd = plugin(&world, &started, &home, "", TARGET, &world.api.url());
     cmd.env(
         "SESSION_MANAGER_PLUGIN_LOG",
-        std::env::var("SOAK_LOG").unwrap_or_else(|_| "info".into()),
+        std::env::var("SOAK_LOG")
+            .unwrap_or_else(|_| "info,ssm_plugin::session::core::ending=debug".into()),
     )
     .env("SESSION_MANAGER_PLUGIN_MAX_FRAME_RATE", "0");
-    if let Some(file) = std::env::var_os("SOAK_LOG_FILE") {
-        cmd.env("SESSION_MANAGER_PLUGIN_LOG_FILE", file);
-    }
+    let log = std::env::var_os("SOAK_LOG_FILE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| home.path().join("plugin.log"));
+    cmd.env("SESSION_MANAGER_PLUGIN_LOG_FILE", &log);
     let plugin = Running::spawn(cmd);
     let pid = plugin.pid().expect("running");
     let port = plugin.port(&id, Duration::from_secs(30)).await;
@@ -132,6 +136,7 @@ async fn rig(dport: u16, to_client: DirFaults, to_agent: DirFaults) -> Rig {
         port,
         id,
         _home: home,
+        log,
     }
 }
 
@@ -208,6 +213,27 @@ impl Rig {
         self.plugin.signal(libc::SIGINT);
         let out = self.plugin.finish(Duration::from_secs(30)).await;
         assert!(out.status.success(), "{out}");
+        // The channel's own counters, from its closing debug line.
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let counter = |name: &str| -> Option<u64> {
+            let line = log
+                .lines()
+                .rev()
+                .find(|l| l.contains("ending the session"))?;
+            let at = line.find(&format!(" {name}: "))? + name.len() + 3;
+            line[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        };
+        eprintln!(
+            "soak: plugin sent {:?} messages, resent {:?}, acks sent {:?} (repeated {:?})",
+            counter("sent"),
+            counter("resent"),
+            counter("acks_sent"),
+            counter("acks_repeated"),
+        );
     }
 }
 
