@@ -26,7 +26,7 @@ done
 
 need_apt=() why=()
 if ! command -v cc >/dev/null 2>&1; then
-  need_apt+=(gcc libc6-dev); why+=("a C compiler (ring and aws-lc build C code)")
+  need_apt+=(gcc libc6-dev); why+=("a C compiler (ring builds C code)")
 fi
 if [ "$openssh" = 1 ] && { ! command -v ssh >/dev/null 2>&1 || ! command -v scp >/dev/null 2>&1; }; then
   need_apt+=(openssh-client); why+=("ssh/scp (SSH over Session Manager tests)")

@@ -155,7 +155,7 @@ impl Env {
         };
         let log = get(ENV_LOG).filter(|v| !v.is_empty());
         if let Some(l) = &log {
-            if tracing_subscriber::EnvFilter::try_new(l).is_err() {
+            if log_filter(l).is_none() {
                 warnings.push(format!(
                     "Warning: {ENV_LOG}={l} is not a log level or filter (error, warn, info, debug, trace); using warn."
                 ));
@@ -221,18 +221,45 @@ fn leaky(target: &str) -> bool {
         .any(|t| target == *t || target.strip_prefix(t).is_some_and(|r| r.starts_with("::")))
 }
 
+/// The filter of `SESSION_MANAGER_PLUGIN_LOG`: comma-separated `LEVEL` or `TARGET=LEVEL`
+/// directives, or `None` if any is neither. Checked here because `Targets` takes any word as
+/// a target name, so a misspelt level ("debgu") would silently log nothing it asked for.
+fn log_filter(text: &str) -> Option<tracing_subscriber::filter::Targets> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let level = |l: &str| LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
+    let target = |t: &str| {
+        !t.is_empty()
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '-')
+    };
+    let ok = text.split(',').all(|d| match d.split_once('=') {
+        Some((t, l)) => target(t.trim()) && level(l),
+        None => level(d),
+    });
+    if !ok {
+        return None;
+    }
+    text.parse().ok()
+}
+
 /// Sets up logging: warnings and errors on stderr by default, or the level and file asked for.
 /// Colour only on a terminal.
 pub fn init_logging(env: &Env) {
     use std::io::IsTerminal;
-    use tracing_subscriber::filter::{filter_fn, EnvFilter, FilterExt};
+    use tracing_subscriber::filter::{filter_fn, FilterExt, Targets};
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
 
-    let filter = EnvFilter::try_new(env.log.as_deref().unwrap_or("warn"))
-        .unwrap_or_else(|_| EnvFilter::new("warn"));
+    // `Targets` ("debug", "info,ssm_plugin::channel=trace"): the level and per-target
+    // directives users set, without EnvFilter's span and field matching and the regex engine it
+    // brings (about 0.3 MB of code).
+    let filter = env
+        .log
+        .as_deref()
+        .and_then(log_filter)
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::WARN));
     // The cap only narrows what the level filter lets through, so its hint is "anything": the
     // combined hint is then the level filter's own, and tracing skips disabled call sites
     // (tungstenite's per-frame trace lines) before building them. Without it the combined hint
@@ -271,7 +298,7 @@ pub fn init_logging(env: &Env) {
 
 #[cfg(test)]
 mod tests {
-    use super::{leaky, Env};
+    use super::{leaky, log_filter, Env};
 
     #[test]
     fn unusable_values_are_reported_with_the_value_used() {
@@ -298,6 +325,33 @@ mod tests {
         assert!(w.contains("SESSION_MANAGER_PLUGIN_MESSAGES=screen"), "{w}");
         assert!(w.contains("SESSION_MANAGER_PLUGIN_LOG=loud["), "{w}");
         assert!(Env::from_fn(|_| None).warnings.is_empty());
+    }
+
+    #[test]
+    fn log_filters_are_levels_or_target_levels() {
+        for good in [
+            "debug",
+            "TRACE",
+            "off",
+            "info,ssm_plugin::channel=trace",
+            "warn, h2=off",
+        ] {
+            assert!(log_filter(good).is_some(), "{good}");
+        }
+        for bad in [
+            "loud[",
+            "debgu",
+            "",
+            "info,",
+            "=debug",
+            "ssm_plugin",
+            "a b=info",
+        ] {
+            assert!(log_filter(bad).is_none(), "{bad}");
+        }
+        let f = log_filter("info,ssm_plugin::channel=trace").unwrap();
+        assert!(f.would_enable("ssm_plugin::channel::send", &tracing::Level::TRACE));
+        assert!(!f.would_enable("ssm_plugin::session", &tracing::Level::DEBUG));
     }
 
     #[test]

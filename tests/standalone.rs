@@ -95,6 +95,65 @@ async fn exec_exits_with_the_remote_status_and_keeps_stderr_apart() {
     assert!(calls[0].signed_by.as_ref().is_some_and(|s| s.verified));
 }
 
+/// TLS on 127.0.0.1 in front of the plain-HTTP fake API; the port and the CA's PEM.
+async fn https_in_front_of(api_url: &str) -> (u16, String) {
+    let (acceptor, ca_pem) = agent_sim::tls_acceptor().expect("test TLS");
+    let api = api_url.trim_start_matches("http://").to_owned();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let (acceptor, api) = (acceptor.clone(), api.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(&api).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    (port, ca_pem)
+}
+
+/// The SDK's own HTTPS client (rustls on ring, the system roots or SSL_CERT_FILE) reaches an
+/// HTTPS endpoint and signs for it: the path every real StartSession, ResumeSession and KMS
+/// call takes, which the other tests (plain HTTP on loopback) do not.
+#[tokio::test]
+async fn sdk_calls_go_over_https_trusting_ssl_cert_file() {
+    let world = World::start(unpaced_config()).await;
+    let home = Home::with_keys("default", KEY, SECRET);
+    let (port, ca_pem) = https_in_front_of(&world.api.url()).await;
+    let ca = home.path().join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let endpoint = format!("https://localhost:{port}");
+    let run = |trust: Option<&Path>| {
+        let mut c = isolated(&world, &home, "standalone-https");
+        c.args(["exec", "--region", REGION, "--endpoint-url", &endpoint])
+            .args([TARGET, "--", "echo", "over-tls"]);
+        if let Some(ca) = trust {
+            c.env("SSL_CERT_FILE", ca);
+        }
+        c
+    };
+    let out = finished(run(Some(&ca))).await;
+    assert_eq!(out.status.code(), Some(0), "{out}");
+    assert_eq!(out.stdout, "over-tls\n", "{out}");
+    let calls = world.calls("StartSession");
+    assert_eq!(calls.len(), 1);
+    assert!(calls[0].signed_by.as_ref().is_some_and(|s| s.verified));
+    // Without the CA the certificate is refused, and nothing reaches the API.
+    let out = finished(run(None)).await;
+    assert_ne!(out.status.code(), Some(0), "{out}");
+    assert!(
+        out.stderr.contains("invalid peer certificate") && out.stderr.contains("SSL_CERT_FILE"),
+        "the reason and the setting that helps\n{out}"
+    );
+    assert_eq!(world.calls("StartSession").len(), 1, "{out}");
+}
+
 #[tokio::test]
 async fn connect_runs_a_shell_without_the_aws_cli() {
     let world = World::start(unpaced_config()).await;

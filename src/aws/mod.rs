@@ -548,7 +548,7 @@ fn one_line(text: &str) -> String {
 fn describe_sdk_error<E, R>(e: &aws_smithy_runtime_api::client::result::SdkError<E, R>) -> String
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + 'static,
 {
     use aws_smithy_runtime_api::client::result::SdkError;
     match e {
@@ -561,8 +561,38 @@ where
             }
         }
         SdkError::TimeoutError(_) => "the request timed out".to_owned(),
-        _ => one_line(&DisplayErrorContext(e).to_string()),
+        _ => {
+            let summary = one_line(&DisplayErrorContext(e).to_string());
+            if summary.starts_with("no credentials found") {
+                return summary;
+            }
+            let causes = cause_chain(e);
+            if causes.contains("certificate") {
+                format!(
+                    "{causes}; if a proxy or a private CA signs this endpoint's certificate, set SSL_CERT_FILE to its PEM file"
+                )
+            } else {
+                causes
+            }
+        }
     }
+}
+
+/// Each cause's own message, outermost first, joined by ": ". The SDK's error types display
+/// only their own level ("dispatch failure", "io error", "client error"), so the reason a
+/// request failed (a refused connection, an untrusted certificate) is in the last cause.
+fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        let text = text.lines().next().unwrap_or("").trim();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(text)) {
+            parts.push(text.to_owned());
+        }
+        next = err.source();
+    }
+    parts.join(": ")
 }
 
 /// Where SSM calls (ResumeSession, TerminateSession) go. `Some(url)`: that URL; `None`: the

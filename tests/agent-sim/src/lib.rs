@@ -29,4 +29,4 @@ pub mod version;
 pub use backend::{BackendError, DataKeyResolver, SessionBackend, SessionSpec, Started};
 pub use config::{DirFaults, Faults, Limits, SimConfig};
 pub use session::{Stats, UpgradeAuth};
-pub use sim::{parameters, SimBackend, SimHandle, Simulator};
+pub use sim::{parameters, tls_acceptor, SimBackend, SimHandle, Simulator};

@@ -96,7 +96,8 @@ impl Simulator {
 }
 
 /// A CA (whose PEM tests trust through SSL_CERT_FILE) and a leaf for localhost/127.0.0.1.
-fn tls_acceptor() -> anyhow::Result<(tokio_rustls::TlsAcceptor, String)> {
+/// Public for tests that put TLS in front of other servers (the fake API).
+pub fn tls_acceptor() -> anyhow::Result<(tokio_rustls::TlsAcceptor, String)> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
     use tokio_rustls::rustls;
     let ca_key = KeyPair::generate()?;

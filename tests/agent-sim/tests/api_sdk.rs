@@ -53,6 +53,13 @@ fn sdk_config(
             )),
         )
         .retry_config(RetryConfig::disabled())
+        .http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                ))
+                .build_https(),
+        )
         .build()
 }
 
