@@ -54,9 +54,18 @@ pub(crate) struct Outgoing {
     base_seq: i64,
     unacked_count: usize,
     resend_at: BTreeSet<(Instant, i64)>,
-    /// The highest sequence number acked so far: an unacked message below it is presumed lost
-    /// (the agent acks each message as it comes), one above it may just be slow.
-    highest_acked: Option<i64>,
+    /// The latest first transmission acked, as (time sent, sequence number): an unacked
+    /// message transmitted before it is presumed lost (the agent acks each message as it
+    /// comes), one transmitted after it may just be slow. By time, not only by sequence, in
+    /// the spirit of RACK (RFC 8985).
+    rack_first: Option<(Instant, i64)>,
+    /// The latest resend acked. Its ack is ambiguous (Karn): if it answers the resend, every
+    /// message transmitted before the resend and still unacked is lost (an agent that refused
+    /// messages until it was ready acks only what comes after); if it answers an earlier
+    /// transmission, the agent was only slow. The ack of a first transmission sent before the
+    /// resend settles it the second way (the timeout was spurious, as F-RTO, RFC 5682, infers
+    /// it), and this is cleared.
+    rack_resent: Option<(Instant, i64)>,
 }
 
 impl Outgoing {
@@ -107,7 +116,15 @@ impl Outgoing {
         let idx = usize::try_from(seq.checked_sub(self.base_seq)?).ok()?;
         let entry = self.unacked.get_mut(idx)?.take()?;
         self.unacked_count -= 1;
-        self.highest_acked = self.highest_acked.max(Some(seq));
+        let key = (entry.last_sent, seq);
+        if entry.transmissions == 1 {
+            if self.rack_resent.is_some_and(|r| key < r) {
+                self.rack_resent = None;
+            }
+            self.rack_first = self.rack_first.max(Some(key));
+        } else {
+            self.rack_resent = self.rack_resent.max(Some(key));
+        }
         self.resend_at.remove(&(entry.deadline, seq));
         while matches!(self.unacked.front(), Some(None)) {
             self.unacked.pop_front();
@@ -122,6 +139,11 @@ impl Outgoing {
     /// The earliest resend deadline and its sequence number.
     pub fn next_resend(&self) -> Option<(Instant, i64)> {
         self.resend_at.first().copied()
+    }
+
+    fn entry(&self, seq: i64) -> Option<&Unacked> {
+        let idx = usize::try_from(seq.checked_sub(self.base_seq)?).ok()?;
+        self.unacked.get(idx)?.as_ref()
     }
 
     fn entry_mut(&mut self, seq: i64) -> Option<&mut Unacked> {
@@ -151,29 +173,37 @@ impl Outgoing {
 
     /// When the message `seq` was last transmitted, if it is unacked.
     pub fn last_sent(&self, seq: i64) -> Option<Instant> {
-        let idx = usize::try_from(seq.checked_sub(self.base_seq)?).ok()?;
-        Some(self.unacked.get(idx)?.as_ref()?.last_sent)
+        Some(self.entry(seq)?.last_sent)
     }
 
-    /// Whether a message after `seq` has been acked, so that `seq` is presumed lost rather
-    /// than slow.
+    /// Whether a transmission after the latest one of `seq` has been acked, so that `seq` is
+    /// presumed lost rather than slow.
     pub fn overtaken(&self, seq: i64) -> bool {
-        self.highest_acked.is_some_and(|h| h > seq)
+        self.entry(seq)
+            .is_some_and(|e| self.passed((e.last_sent, seq)))
+    }
+
+    /// Whether an acked transmission came after the one with this key.
+    fn passed(&self, key: (Instant, i64)) -> bool {
+        [self.rack_first, self.rack_resent]
+            .into_iter()
+            .flatten()
+            .any(|r| key < r)
     }
 
     /// Makes every message not overtaken by an ack, except `seq`, wait at least its (backed
     /// off) timeout from `now`. Called when such a message times out: a peer that is slow
     /// rather than lossy then gets one resend per timeout, the oldest, as TCP's single timer
     /// gives, instead of a copy of the whole flight; the messages that come back acked
-    /// meanwhile give the samples the estimate lacked.
+    /// meanwhile give the samples the estimate lacked. Once a resend is acked, the messages
+    /// held behind it count as overtaken and go at their held deadline.
     pub fn hold_unknown(&mut self, seq: i64, now: Instant, interval: impl Fn(u32) -> Duration) {
-        let from = self.highest_acked.map_or(self.base_seq, |h| h + 1);
-        let start = usize::try_from(from - self.base_seq).unwrap_or(0);
-        for (k, e) in self.unacked.iter_mut().enumerate().skip(start) {
+        let racks = [self.rack_first, self.rack_resent];
+        for (s, e) in (self.base_seq..).zip(self.unacked.iter_mut()) {
             let Some(e) = e else { continue };
-            let s = self.base_seq + k as i64;
+            let overtaken = racks.into_iter().flatten().any(|r| (e.last_sent, s) < r);
             let later = now + interval(e.backoff);
-            if s != seq && later > e.deadline {
+            if s != seq && !overtaken && later > e.deadline {
                 self.resend_at.remove(&(e.deadline, s));
                 e.deadline = later;
                 self.resend_at.insert((later, s));
