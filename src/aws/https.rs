@@ -5,9 +5,10 @@
 //! client validates its HTTP client by building the default HTTPS connector, which reads and
 //! parses the whole system certificate store: most of our start-up work and about 3 MB of
 //! memory, although most sessions never make an AWS call (a profile's keys sign the websocket
-//! without any request). The client below builds the SDK's default connector (rustls, the proxy
-//! from the environment) on the first request a connector carries, and skips the up-front
-//! validation (the real connector cannot fail to build).
+//! without any request). The client below builds the SDK's connector (rustls on ring, the
+//! provider the websocket uses, so the binary links one crypto library; the proxy from the
+//! environment) on the first request a connector carries, and skips the up-front validation
+//! (the real connector cannot fail to build).
 
 use std::sync::OnceLock;
 
@@ -20,7 +21,7 @@ use aws_smithy_runtime_api::client::http::{
 use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 
-/// The SDK's default HTTPS client (rustls, proxy settings from the environment), behind
+/// The SDK's HTTPS client (rustls on ring, proxy settings from the environment), behind
 /// connectors that build their TLS setup on first use.
 pub fn deferred_https_client() -> SharedHttpClient {
     let inner = Builder::new().build_with_connector_fn(|settings, components| {

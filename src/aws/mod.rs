@@ -567,13 +567,7 @@ where
                 return summary;
             }
             let causes = cause_chain(e);
-            if causes.contains("certificate") {
-                format!(
-                    "{causes}; if a proxy or a private CA signs this endpoint's certificate, set SSL_CERT_FILE to its PEM file"
-                )
-            } else {
-                causes
-            }
+            format!("{causes}{}", crate::transport::tls_hint(&causes))
         }
     }
 }

@@ -408,9 +408,7 @@ impl Channel {
                 // resent (as TCP resends on a timeout), the timer backs off, and the others
                 // of unknown fate wait a full timeout more. Resends a new websocket calls for
                 // (sent before `rto_epoch`) are no timeout.
-                if !self.out.overtaken(seq)
-                    && self.out.last_sent(seq).is_some_and(|t| t >= self.rto_epoch)
-                {
+                if self.out.may_be_slow(seq, self.rto_epoch) {
                     self.rtt.on_timeout();
                     let rtt = &self.rtt;
                     self.out.hold_unknown(seq, now, |b| rtt.backed_off(b));

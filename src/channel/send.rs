@@ -171,24 +171,12 @@ impl Outgoing {
         Some(frame)
     }
 
-    /// When the message `seq` was last transmitted, if it is unacked.
-    pub fn last_sent(&self, seq: i64) -> Option<Instant> {
-        Some(self.entry(seq)?.last_sent)
-    }
-
-    /// Whether a transmission after the latest one of `seq` has been acked, so that `seq` is
-    /// presumed lost rather than slow.
-    pub fn overtaken(&self, seq: i64) -> bool {
-        self.entry(seq)
-            .is_some_and(|e| self.passed((e.last_sent, seq)))
-    }
-
-    /// Whether an acked transmission came after the one with this key.
-    fn passed(&self, key: (Instant, i64)) -> bool {
-        [self.rack_first, self.rack_resent]
-            .into_iter()
-            .flatten()
-            .any(|r| key < r)
+    /// Whether `seq` is unacked, was last transmitted at or after `since`, and no later
+    /// transmission has been acked: it may be slow rather than lost.
+    pub fn may_be_slow(&self, seq: i64, since: Instant) -> bool {
+        self.entry(seq).is_some_and(|e| {
+            e.last_sent >= since && !passed([self.rack_first, self.rack_resent], (e.last_sent, seq))
+        })
     }
 
     /// Makes every message not overtaken by an ack, except `seq`, wait at least its (backed
@@ -201,9 +189,8 @@ impl Outgoing {
         let racks = [self.rack_first, self.rack_resent];
         for (s, e) in (self.base_seq..).zip(self.unacked.iter_mut()) {
             let Some(e) = e else { continue };
-            let overtaken = racks.into_iter().flatten().any(|r| (e.last_sent, s) < r);
             let later = now + interval(e.backoff);
-            if s != seq && !overtaken && later > e.deadline {
+            if s != seq && !passed(racks, (e.last_sent, s)) && later > e.deadline {
                 self.resend_at.remove(&(e.deadline, s));
                 e.deadline = later;
                 self.resend_at.insert((later, s));
@@ -232,6 +219,12 @@ impl Outgoing {
             _ => None,
         }
     }
+}
+
+/// Whether an acked transmission (`racks`: the latest first transmission and the latest resend
+/// acked) came after the one with this key (time sent, sequence number).
+fn passed(racks: [Option<(Instant, i64)>; 2], key: (Instant, i64)) -> bool {
+    racks.into_iter().flatten().any(|r| key < r)
 }
 
 #[cfg(test)]

@@ -93,8 +93,8 @@ pub enum TransportError {
     NoAnswer(Duration),
 }
 
-/// The `SSL_CERT_FILE` hint, for certificate errors only.
-fn tls_hint(reason: &str) -> &'static str {
+/// The `SSL_CERT_FILE` hint, for certificate errors only (of the websocket and of AWS calls).
+pub(crate) fn tls_hint(reason: &str) -> &'static str {
     let r = reason.to_ascii_lowercase();
     if r.contains("certificate") || r.contains("issuer") || r.contains("cert") {
         "; if you are behind a TLS-inspecting proxy, point SSL_CERT_FILE at its CA bundle"
