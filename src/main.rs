@@ -8,7 +8,7 @@ use ssm_plugin::cli::{self, CliError, Invocation};
 use ssm_plugin::config;
 use ssm_plugin::exit::Exit;
 use ssm_plugin::session::{self, Settings};
-use ssm_plugin::ui::Ui;
+use ssm_plugin::ui::{self, Ui};
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -23,16 +23,13 @@ fn main() -> ExitCode {
     ssm_plugin::scrub::secrets(cli::response_env_name(&args).as_deref());
     match invocation {
         Ok(Invocation::Banner) => {
-            print!("{}", cli::INSTALLED_BANNER);
-            ExitCode::from(Exit::Normal.code())
+            ExitCode::from(ui::print_stdout(cli::INSTALLED_BANNER.as_bytes()).code())
         }
         Ok(Invocation::Version) => {
-            println!("{}", cli::WIRE_VERSION);
-            ExitCode::from(Exit::Normal.code())
+            ExitCode::from(ui::print_stdout(format!("{}\n", cli::WIRE_VERSION).as_bytes()).code())
         }
         Ok(Invocation::Help) => {
-            print!("{}", cli::help_text());
-            ExitCode::from(Exit::Normal.code())
+            ExitCode::from(ui::print_stdout(cli::help_text().as_bytes()).code())
         }
         Err(e) => {
             eprintln!("{e}");

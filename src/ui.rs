@@ -12,16 +12,17 @@ pub struct Ui {
 
 impl Ui {
     /// Prints a status line such as `Starting session with SessionId: X`, byte-identical to the
-    /// reference, where scripts look for it.
-    pub fn status(&self, text: &str) {
+    /// reference, where scripts look for it. The error is the caller's to act on where the line
+    /// matters (a port session's `Port N opened`): see [`crate::session::handler::output_error`].
+    pub fn status(&self, text: &str) -> std::io::Result<()> {
         if self.to_stderr {
             let mut e = std::io::stderr().lock();
-            let _ = e.write_all(text.as_bytes());
-            let _ = e.flush();
+            e.write_all(text.as_bytes())?;
+            e.flush()
         } else {
             let mut o = std::io::stdout().lock();
-            let _ = o.write_all(text.as_bytes());
-            let _ = o.flush();
+            o.write_all(text.as_bytes())?;
+            o.flush()
         }
     }
 
@@ -43,5 +44,21 @@ impl Ui {
         };
         let _ = e.write_all(text.as_bytes());
         let _ = e.flush();
+    }
+}
+
+/// Writes `text` to stdout outside a session (`--version`, `--help`, the banner, completions,
+/// `tunnels --list`) and says how that went: a reader that went away (`| head -c1`) is a quiet
+/// success, as in sessions; any other error (a full disk) is one line on stderr and 74.
+pub fn print_stdout(text: &[u8]) -> crate::exit::Exit {
+    let mut o = std::io::stdout().lock();
+    match o.write_all(text).and_then(|()| o.flush()) {
+        Ok(()) => crate::exit::Exit::Normal,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => crate::exit::Exit::Normal,
+        Err(e) => {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "session-manager-plugin: cannot write to stdout: {e}");
+            crate::exit::Exit::Io
+        }
     }
 }

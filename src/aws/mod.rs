@@ -13,8 +13,9 @@ pub mod sign;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use aws_config::meta::credentials::CredentialsProviderChain;
 use aws_config::{retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Region, SdkConfig};
-use aws_credential_types::provider::ProvideCredentials;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
 use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata};
 use http::{HeaderName, HeaderValue};
@@ -65,7 +66,38 @@ pub struct Resumed {
     pub credentials: Credentials,
 }
 
-type CredResult = Result<(SdkConfig, Credentials), String>;
+type CredResult = Result<(SdkConfig, Credentials), CredError>;
+
+/// Why credentials could not be had.
+#[derive(Debug, Clone)]
+pub struct CredError {
+    /// The sentence for the user.
+    pub message: String,
+    /// The profile named on the command line is not defined: the session must not go on
+    /// unsigned (or as anyone else).
+    pub missing_profile: bool,
+}
+
+impl From<String> for CredError {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            missing_profile: false,
+        }
+    }
+}
+
+impl From<CredError> for String {
+    fn from(e: CredError) -> Self {
+        e.message
+    }
+}
+
+impl std::fmt::Display for CredError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
 
 /// Per-session AWS context: argv settings and credentials resolved once in the background.
 pub struct Aws {
@@ -211,38 +243,39 @@ impl Aws {
     /// Loads a fresh SDK configuration: files are re-read, so a profile rewritten on disk (an
     /// SSO login, a rotated key) is picked up.
     async fn load_config(&self) -> SdkConfig {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(5))
-                    .operation_attempt_timeout(Duration::from_secs(8))
-                    .operation_timeout(Duration::from_secs(15))
-                    .build(),
-            )
-            .retry_config(RetryConfig::standard().with_max_attempts(3))
-            .http_client(https::deferred_https_client());
-        if !self.region.is_empty() {
-            loader = loader.region(Region::new(self.region.clone()));
-        }
-        if let Some(p) = &self.profile {
-            loader = loader.profile_name(p);
-        }
-        loader.load().await
+        let loader = base_loader(&self.region, self.profile.as_deref());
+        let Some(profile) = &self.profile else {
+            return loader.load().await;
+        };
+        // An explicit profile: its own settings, and credentials from the chain without the
+        // environment's keys (built below once the region is known).
+        let config = loader.no_credentials().load().await;
+        let chain = explicit_profile_chain(profile, config.region().cloned());
+        config
+            .to_builder()
+            .credentials_provider(SharedCredentialsProvider::new(chain))
+            .build()
     }
 
     /// Loads a fresh configuration and resolves credentials through it, within `bound`.
     async fn fresh_credentials(&self, bound: Duration) -> CredResult {
         let work = async {
+            if let Some(p) = &self.profile {
+                check_profile(p).await.map_err(|message| CredError {
+                    message,
+                    missing_profile: true,
+                })?;
+            }
             let config = self.load_config().await;
-            let provider = config
-                .credentials_provider()
-                .ok_or_else(|| "no AWS credential provider is configured".to_owned())?;
+            let provider = config.credentials_provider().ok_or_else(|| {
+                CredError::from("no AWS credential provider is configured".to_owned())
+            })?;
             let creds = provider.provide_credentials().await.map_err(|e| {
-                format!(
+                CredError::from(format!(
                     "cannot get AWS credentials{}: {}",
                     self.profile_note(),
                     one_line(&DisplayErrorContext(&e).to_string())
-                )
+                ))
             })?;
             Ok((config, creds))
         };
@@ -252,7 +285,8 @@ impl Aws {
                 "AWS credentials{} could not be resolved within {} s",
                 self.profile_note(),
                 bound.as_secs()
-            )),
+            )
+            .into()),
         }
     }
 
@@ -295,13 +329,18 @@ impl Aws {
         })
         .await;
         match waited {
-            Ok(Ok(v)) => v.unwrap_or_else(|| Err("AWS credentials unavailable".into())),
-            Ok(Err(_)) => Err("the credential resolution task ended unexpectedly".into()),
+            Ok(Ok(v)) => {
+                v.unwrap_or_else(|| Err(String::from("AWS credentials unavailable").into()))
+            }
+            Ok(Err(_)) => {
+                Err(String::from("the credential resolution task ended unexpectedly").into())
+            }
             Err(_) => Err(format!(
                 "AWS credentials{} not resolved within {} s",
                 self.profile_note(),
                 wait.as_secs()
-            )),
+            )
+            .into()),
         }
     }
 
@@ -320,15 +359,16 @@ impl Aws {
     /// Headers that sign the websocket upgrade to `url`: none when the URL is presigned, or when
     /// no credentials are available (then we connect unsigned and say so in the debug log).
     /// `fresh` are credentials just resolved for a resume; otherwise the session's are used,
-    /// waiting at most [`SIGNING_WAIT`].
+    /// waiting at most [`SIGNING_WAIT`]. `Err` only when the profile named on the command line
+    /// does not exist: the session must not run unsigned (or as anyone else) then.
     pub async fn upgrade_headers(
         self: &Arc<Self>,
         url: &str,
         fresh: Option<(&Credentials, &str)>,
-    ) -> Vec<(HeaderName, HeaderValue)> {
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, CredError> {
         if sign::is_presigned(url) {
             tracing::debug!("the StreamUrl is presigned; connecting without SigV4 headers");
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let (creds, region) = match fresh {
             Some((c, r)) => (c.clone(), r.to_owned()),
@@ -337,9 +377,10 @@ impl Aws {
                     let region = self.region_for(&config);
                     (c, region)
                 }
+                Err(e) if e.missing_profile => return Err(e),
                 Err(e) => {
                     tracing::debug!("connecting unsigned (no SigV4 on the websocket upgrade): {e}");
-                    return Vec::new();
+                    return Ok(Vec::new());
                 }
             },
         };
@@ -351,11 +392,11 @@ impl Aws {
                     "websocket upgrade signed with SigV4 ({})",
                     sign::SERVICE
                 );
-                h
+                Ok(h)
             }
             Err(e) => {
                 tracing::debug!("connecting unsigned: {e}");
-                Vec::new()
+                Ok(Vec::new())
             }
         }
     }
@@ -505,6 +546,139 @@ impl Aws {
     }
 }
 
+/// The SDK's configuration loader with our time limits, retries and HTTPS client, for `region`
+/// (empty: the SDK's chain finds it) and `profile`.
+fn base_loader(region: &str, profile: Option<&str>) -> aws_config::ConfigLoader {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_attempt_timeout(Duration::from_secs(8))
+                .operation_timeout(Duration::from_secs(15))
+                .build(),
+        )
+        .retry_config(RetryConfig::standard().with_max_attempts(3))
+        .http_client(https::deferred_https_client());
+    if !region.is_empty() {
+        loader = loader.region(Region::new(region.to_owned()));
+    }
+    if let Some(p) = profile {
+        loader = loader.profile_name(p);
+    }
+    loader
+}
+
+/// The credential chain for a profile named on the command line (`--profile`, argv PROFILE).
+///
+/// The AWS CLI (botocore's `create_credential_resolver`) drops the environment provider from
+/// its chain when a profile is given explicitly, so `aws --profile prod` runs as `prod` even
+/// with AWS_ACCESS_KEY_ID set; the SDK's default chain would try the environment first and run
+/// the session as another identity. This is that chain without the environment: the profile
+/// (keys, SSO, assume-role, `credential_process`), then web identity, the container and the
+/// instance, as the default chain orders them.
+fn explicit_profile_chain(profile: &str, region: Option<Region>) -> CredentialsProviderChain {
+    use aws_config::provider_config::ProviderConfig;
+    let conf = ProviderConfig::default()
+        .with_http_client(https::deferred_https_client())
+        .with_region(region);
+    CredentialsProviderChain::first_try(
+        "Profile",
+        aws_config::profile::ProfileFileCredentialsProvider::builder()
+            .configure(&conf)
+            .profile_name(profile)
+            .build(),
+    )
+    .or_else(
+        "WebIdentityToken",
+        aws_config::web_identity_token::WebIdentityTokenCredentialsProvider::builder()
+            .configure(&conf)
+            .build(),
+    )
+    .or_else(
+        "EcsContainer",
+        aws_config::ecs::EcsCredentialsProvider::builder()
+            .configure(&conf)
+            .build(),
+    )
+    .or_else(
+        "Ec2InstanceMetadata",
+        aws_config::imds::credentials::ImdsCredentialsProvider::builder()
+            .configure(&conf)
+            .build(),
+    )
+}
+
+/// `Err` naming `profile` when neither the config nor the credentials file defines it: the AWS
+/// CLI refuses such a profile (ProfileNotFound) instead of falling back to other credentials.
+pub async fn check_profile(profile: &str) -> Result<(), String> {
+    use aws_runtime::env_config::file::EnvConfigFiles;
+    use aws_types::os_shim_internal::{Env, Fs};
+    let set = aws_config::profile::load(
+        &Fs::real(),
+        &Env::real(),
+        &EnvConfigFiles::default(),
+        Some(profile.to_owned().into()),
+    )
+    .await
+    .map_err(|e| format!("cannot read the AWS config files: {e}"))?;
+    if set.get_profile(profile).is_some() {
+        return Ok(());
+    }
+    let mut known: Vec<&str> = set.profiles().collect();
+    known.sort_unstable();
+    let known = if known.is_empty() {
+        "no profile is defined".to_owned()
+    } else {
+        format!("defined: {}", known.join(", "))
+    };
+    Err(format!(
+        "the AWS profile {profile:?} does not exist ({known}); check --profile, or add it with `aws configure --profile {profile}`"
+    ))
+}
+
+/// The region for API calls: `given` (--region) if any, else the SDK's chain (AWS_REGION,
+/// AWS_DEFAULT_REGION, the profile's `region`, instance metadata). `Err` with what to do when
+/// none is found or the name is malformed: the SDK's own errors ("missing signing region", an
+/// endpoint-rules failure) do not say it.
+pub async fn resolve_region(given: Option<&str>, profile: Option<&str>) -> Result<String, String> {
+    let region = match given.filter(|r| !r.is_empty()) {
+        Some(r) => r.to_owned(),
+        None => {
+            let load = base_loader("", profile).no_credentials().load();
+            let found = tokio::time::timeout(SSM_CALL_TIMEOUT, load)
+                .await
+                .ok()
+                .and_then(|c| c.region().cloned());
+            match found {
+                Some(r) => r.as_ref().to_owned(),
+                None => {
+                    return Err(
+                        "no AWS region is set; pass --region (e.g. --region us-east-1), set AWS_REGION, or add `region = ...` to the profile in ~/.aws/config".to_owned(),
+                    )
+                }
+            }
+        }
+    };
+    if valid_region(&region) {
+        Ok(region)
+    } else {
+        Err(format!(
+            "{region:?} is not an AWS region name; pass --region (e.g. --region us-east-1) or set AWS_REGION"
+        ))
+    }
+}
+
+/// A region name as AWS spells them (`us-east-1`, `cn-north-1`, `us-gov-west-1`, and local
+/// emulators' names such as `local`): lower-case letters, digits and inner hyphens.
+fn valid_region(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= 64
+        && r.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !r.starts_with('-')
+        && !r.ends_with('-')
+}
+
 /// `work` within `bound`; past it, an error saying which call did not answer.
 async fn bounded<T>(
     bound: Duration,
@@ -629,6 +803,24 @@ pub fn ssm_endpoint(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn region_names() {
+        for ok in ["us-east-1", "cn-north-1", "us-gov-west-1", "local"] {
+            assert!(super::valid_region(ok), "{ok}");
+        }
+        for bad in [
+            "xx yy",
+            "US-EAST-1",
+            "-a",
+            "a-",
+            "",
+            "us_east_1",
+            "us-east-1/x",
+        ] {
+            assert!(!super::valid_region(bad), "{bad}");
+        }
+    }
+
     #[test]
     fn the_credential_chain_dump_becomes_one_line() {
         let dump = "the credential provider was not enabled: no credentials found in chain. Attempted:\n  Environment: the credential provider was not enabled: environment variable not set\n  Profile: the credential provider was not enabled\n  Ec2InstanceMetadata: the credential provider was not enabled: IMDS disabled (CredentialsNotLoaded(CredentialsNotLoaded { source: Some(ProviderChainError { attempts: [] }) }))";

@@ -45,7 +45,7 @@ pub(crate) async fn run(
             "nothing to forward: give -L [BIND:]LOCAL_PORT:[HOST:]REMOTE_PORT and/or -D [BIND:]PORT",
         ));
     }
-    let api = super::api(aws);
+    let api = super::api(aws).await?;
     // Status lines (ours and the sessions') go to stderr: stdout stays free.
     let ui = Ui { to_stderr: true };
 

@@ -21,7 +21,7 @@ use crate::cli::{RequestParameters, SessionArgs, StartSessionResponse};
 use crate::config;
 use crate::exit::Exit;
 use crate::session::{self, Settings};
-use crate::ui::Ui;
+use crate::ui::{self, Ui};
 use spec::{DynamicForward, LocalForward};
 
 /// The words that select a standalone command as argv[1].
@@ -163,23 +163,26 @@ impl Failure {
 pub fn main(args: Vec<OsString>) -> ExitCode {
     let cli = match Cli::try_parse_from(&args) {
         Ok(c) => c,
+        // --help and --version are written by us, not clap: its print() ignores a failed
+        // stdout, and its printing macros panic on one.
+        Err(e) if !e.use_stderr() => {
+            return ExitCode::from(ui::print_stdout(e.render().to_string().as_bytes()).code());
+        }
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() {
-                Exit::Usage.code()
-            } else {
-                Exit::Normal.code()
-            });
+            return ExitCode::from(Exit::Usage.code());
         }
     };
     if let Command::Completions { shell } = cli.command {
+        // Into memory first: clap_complete panics when its writer fails.
+        let mut script = Vec::new();
         clap_complete::generate(
             shell,
             &mut Cli::command(),
             "session-manager-plugin",
-            &mut std::io::stdout(),
+            &mut script,
         );
-        return ExitCode::from(Exit::Normal.code());
+        return ExitCode::from(ui::print_stdout(&script).code());
     }
     let env = config::Env::from_process();
     config::init_logging(&env);
@@ -270,13 +273,23 @@ fn load_config(aws: &AwsOptions) -> Result<tunnels::Config, Failure> {
     tunnels::Config::load(&path, required).map_err(|e| Failure::new(Exit::Usage, e))
 }
 
-/// The AWS context of a command.
-fn api(aws: &AwsOptions) -> std::sync::Arc<Aws> {
-    Aws::for_api(
-        aws.region.as_deref().unwrap_or(""),
+/// The AWS context of a command, after the checks the AWS CLI makes before any call: the
+/// profile named with --profile exists, and a region is known (--region, AWS_REGION, the
+/// profile's) and well-formed. Both are the user's to fix, so they exit 64 before any request.
+async fn api(aws: &AwsOptions) -> Result<std::sync::Arc<Aws>, Failure> {
+    if let Some(p) = &aws.profile {
+        crate::aws::check_profile(p)
+            .await
+            .map_err(|e| Failure::new(Exit::Usage, e))?;
+    }
+    let region = crate::aws::resolve_region(aws.region.as_deref(), aws.profile.as_deref())
+        .await
+        .map_err(|e| Failure::new(Exit::Usage, e))?;
+    Ok(Aws::for_api(
+        &region,
         aws.profile.as_deref(),
         aws.endpoint_url.as_deref(),
-    )
+    ))
 }
 
 /// TARGET as a node id, through aliases and a tag look-up.
@@ -355,7 +368,7 @@ async fn connect(
     reason: Option<String>,
 ) -> Result<Exit, Failure> {
     let cfg = load_config(aws)?;
-    let api = api(aws);
+    let api = api(aws).await?;
     let target = resolve_target(raw_target, &cfg.aliases, &api).await?;
     let request = RequestParameters {
         target,
@@ -395,7 +408,7 @@ async fn exec(
     command: &[String],
 ) -> Result<Exit, Failure> {
     let cfg = load_config(aws)?;
-    let api = api(aws);
+    let api = api(aws).await?;
     let target = resolve_target(raw_target, &cfg.aliases, &api).await?;
     let line = command
         .iter()
@@ -438,6 +451,7 @@ async fn tunnels(
         ));
     }
     if list {
+        let mut text = String::new();
         for (name, t) in &cfg.tunnels {
             let mut what: Vec<String> = t.forward.iter().map(|f| format!("-L {f}")).collect();
             what.extend(t.socks.iter().map(|d| format!("-D {d}")));
@@ -448,9 +462,13 @@ async fn tunnels(
             if let Some(r) = &t.region {
                 extra.push_str(&format!(" region={r}"));
             }
-            println!("{name}\t{}\t{}{extra}", t.target, what.join(" "));
+            text.push_str(&format!(
+                "{name}\t{}\t{}{extra}\n",
+                t.target,
+                what.join(" ")
+            ));
         }
-        return Ok(Exit::Normal);
+        return Ok(ui::print_stdout(text.as_bytes()));
     }
     let chosen: Vec<(&String, &tunnels::Tunnel)> = if names.is_empty() {
         cfg.tunnels.iter().collect()

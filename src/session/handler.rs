@@ -72,6 +72,16 @@ pub enum HandlerExit {
     },
 }
 
+/// How a failed write of the session's output (or of a port session's status lines) ends the
+/// handler: a reader that went away is a quiet end, anything else loses output and is an error.
+pub fn output_error(e: &std::io::Error) -> HandlerExit {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        HandlerExit::OutputClosed
+    } else {
+        HandlerExit::OutputFailed(e.to_string())
+    }
+}
+
 /// What a handler gets.
 pub struct HandlerContext {
     /// The session id.

@@ -187,11 +187,14 @@ pub async fn run_forwarding(mut settings: Settings, restarts: u32) -> (Outcome, 
 /// Prints how the session ended, as AWS's plugin does where scripts read it.
 pub fn print_end(ui: Ui, session_id: &str, outcome: &Outcome) {
     match &outcome.report {
-        core::Report::Exiting => ui.status(&format!(
-            "\n\nExiting session with sessionId: {session_id}.\n\n"
-        )),
+        // The session is over: a reader that went away by now has nothing left to miss.
+        core::Report::Exiting => {
+            let _ = ui.status(&format!(
+                "\n\nExiting session with sessionId: {session_id}.\n\n"
+            ));
+        }
         core::Report::ServiceMessage(output) => {
-            ui.status(&format!("\n\nSessionId: {session_id} : {output}\n\n"))
+            let _ = ui.status(&format!("\n\nSessionId: {session_id} : {output}\n\n"));
         }
         core::Report::Error(text) => eprintln!("\nCannot perform start session: {text}\n"),
         // The reference's own words when ResumeSession says the session is over, or a
@@ -212,10 +215,9 @@ struct Handler {
 /// Runs one session to its end and returns how it ended.
 pub async fn run(settings: Settings) -> Outcome {
     let ui = settings.ui;
-    ui.status(&format!(
-        "\nStarting session with SessionId: {}\n",
-        settings.args.response.session_id
-    ));
+    // `Starting session with SessionId: X` once the StreamUrl passed its checks, so that a
+    // script waiting for it never sees a session refused before any connection start.
+    let mut announced = false;
     let mut s = Session::new(
         core::Config {
             session_id: settings.args.response.session_id.clone(),
@@ -246,7 +248,23 @@ pub async fn run(settings: Settings) -> Outcome {
         loop {
             while let Some(ev) = s.poll_event() {
                 match ev {
-                    Event::Connect => connect = Some(Box::pin(first_connect(settings.clone()))),
+                    Event::Connect => match allow::check(
+                        &settings.args.response.stream_url,
+                        settings.allowed_hosts.as_deref(),
+                    ) {
+                        Ok(_) => {
+                            if !announced {
+                                announced = true;
+                                // Its loss is noticed by the handler's own lines, or harmless.
+                                let _ = ui.status(&format!(
+                                    "\nStarting session with SessionId: {}\n",
+                                    settings.args.response.session_id
+                                ));
+                            }
+                            connect = Some(Box::pin(first_connect(settings.clone())));
+                        }
+                        Err(e) => s.connect_failed(now, e, true),
+                    },
                     Event::Resume => resuming = Some(Box::pin(resume(settings.clone()))),
                     Event::DropLink => {
                         link = None;
@@ -291,7 +309,9 @@ pub async fn run(settings: Settings) -> Outcome {
                             }
                         }));
                     }
-                    Event::Status(t) => ui.status(&t),
+                    Event::Status(t) => {
+                        let _ = ui.status(&t);
+                    }
                     Event::Warn(t) => ui.warn(&t),
                     Event::Notice(t) => ui.notice(&t),
                     Event::Ended(outcome) => {
@@ -389,7 +409,7 @@ pub async fn run(settings: Settings) -> Outcome {
                         s.transport_restored(now);
                     }
                     Err(e) => {
-                        let usage = matches!(e, TransportError::BadUrl(_) | TransportError::NotAllowed(_));
+                        let usage = matches!(e, TransportError::BadUrl(_) | TransportError::NotAllowed(_) | TransportError::Credentials(_));
                         s.connect_failed(now, e.to_string(), usage);
                     }
                 }
@@ -450,9 +470,8 @@ fn deliver(
 }
 
 /// Opens the first connection with the StartSession response's StreamUrl and token.
+/// The StreamUrl was checked against the allow-list when the connection was asked for.
 async fn first_connect(s: Settings) -> Result<Link, TransportError> {
-    allow::check(&s.args.response.stream_url, s.allowed_hosts.as_deref())
-        .map_err(TransportError::NotAllowed)?;
     open_link(
         &s,
         &s.args.response.stream_url,
@@ -493,8 +512,12 @@ async fn open_link(
     fresh: Option<(&aws_credential_types::Credentials, &str)>,
 ) -> Result<Link, TransportError> {
     let mut opts = s.connect.clone();
-    opts.extra_headers
-        .extend(s.aws.upgrade_headers(url, fresh).await);
+    let headers = s
+        .aws
+        .upgrade_headers(url, fresh)
+        .await
+        .map_err(|e| TransportError::Credentials(e.message))?;
+    opts.extra_headers.extend(headers);
     Link::open(url, token, &s.client_id, &opts).await
 }
 

@@ -85,6 +85,10 @@ pub enum TransportError {
     /// The StreamUrl names a host that is not a Session Manager endpoint (see [`allow`]).
     #[error("{0}")]
     NotAllowed(String),
+    /// The credentials the session must be signed with cannot be had (a profile named on the
+    /// command line that does not exist).
+    #[error("{0}")]
+    Credentials(String),
     /// The service answered the upgrade with an error.
     #[error("the Session Manager service refused the connection: {0}")]
     Upgrade(String),

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use super::conn::{self, AbortOnDrop, ConnId, ReadEvent, WriteCmd, WriterDone};
 use super::CONNECT_ERROR_LINE;
 use crate::channel::Priority;
+use crate::session::handler::output_error;
 use crate::session::listen::Listener;
 use crate::session::{FromAgent, HandlerContext, HandlerExit, LocalEnd, ToAgent};
 use crate::wire::{FlagValue, PayloadType};
@@ -33,7 +34,9 @@ struct Active {
 /// Runs until the session ends.
 pub async fn run(mut ctx: HandlerContext, listener: std::sync::Arc<Listener>) -> HandlerExit {
     let sid = ctx.session_id.clone();
-    ctx.ui.status(&format!("{}\n", listener.opened_line(&sid)));
+    if let Err(e) = ctx.ui.status(&format!("{}\n", listener.opened_line(&sid))) {
+        return output_error(&e);
+    }
     let (read_tx, mut read_rx) = mpsc::channel::<ReadEvent>(4);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<WriterDone>();
     let mut active: Option<Active> = None;
@@ -78,7 +81,9 @@ pub async fn run(mut ctx: HandlerContext, listener: std::sync::Arc<Listener>) ->
                 Ok(Some(c)) => {
                     tracing::debug!(peer = %c.peer, "connection accepted");
                     if !had_client {
-                        ctx.ui.status(&format!("Connection accepted for session {sid}.\n"));
+                        if let Err(e) = ctx.ui.status(&format!("Connection accepted for session {sid}.\n")) {
+                            return output_error(&e);
+                        }
                         had_client = true;
                     }
                     next_id += 1;
@@ -139,7 +144,9 @@ pub async fn run(mut ctx: HandlerContext, listener: std::sync::Arc<Listener>) ->
                 }
                 Some(FromAgent::Message { payload_type: PayloadType::FLAG, payload }) => {
                     if FlagValue::from_payload(&payload) == Some(FlagValue::ConnectToPortError) {
-                        ctx.ui.status(CONNECT_ERROR_LINE);
+                        if let Err(e) = ctx.ui.status(CONNECT_ERROR_LINE) {
+                            return output_error(&e);
+                        }
                     }
                 }
                 Some(FromAgent::Message { .. }) => {}

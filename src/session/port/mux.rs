@@ -20,6 +20,7 @@ use super::conn::{self, AbortOnDrop, ConnId, ReadEvent, WriteCmd, WriterDone};
 use super::CONNECT_ERROR_LINE;
 use crate::channel::Priority;
 use crate::exit::Exit;
+use crate::session::handler::output_error;
 use crate::session::listen::Listener;
 use crate::session::{FromAgent, HandlerContext, HandlerExit, LocalEnd, ToAgent};
 use crate::smux::{KeepAlive, Mux, MuxConfig, MuxEvent, Role, DEFAULT_MAX_FRAME_SIZE};
@@ -149,8 +150,12 @@ pub async fn run(
 ) -> HandlerExit {
     let sid = ctx.session_id.clone();
     let max = ctx.max_payload.max(1);
-    ctx.ui.status(&listener.opened_line(&sid));
-    ctx.ui.status("\nWaiting for connections...\n");
+    if let Err(e) = ctx.ui.status(&format!(
+        "{}\nWaiting for connections...\n",
+        listener.opened_line(&sid)
+    )) {
+        return output_error(&e);
+    }
     let mut st = State {
         mux: Mux::new(MuxConfig::new(Role::Client, keep_alive), Instant::now()),
         streams: HashMap::new(),
@@ -211,7 +216,9 @@ pub async fn run(
                 }
                 Some(FromAgent::Message { payload_type: PayloadType::FLAG, payload }) => {
                     if FlagValue::from_payload(&payload) == Some(FlagValue::ConnectToPortError) {
-                        ctx.ui.status(CONNECT_ERROR_LINE);
+                        if let Err(e) = ctx.ui.status(CONNECT_ERROR_LINE) {
+                            return output_error(&e);
+                        }
                         st.connect_errors += 1;
                     }
                 }
@@ -233,7 +240,9 @@ pub async fn run(
                     };
                     tracing::debug!(peer = %c.peer, stream = id, "connection accepted");
                     if !announced {
-                        ctx.ui.status(&format!("\nConnection accepted for session [{sid}]\n"));
+                        if let Err(e) = ctx.ui.status(&format!("\nConnection accepted for session [{sid}]\n")) {
+                            return output_error(&e);
+                        }
                         announced = true;
                     }
                     let (tx, rx) = mpsc::channel(STREAM_QUEUE);

@@ -83,7 +83,7 @@ pub async fn run(mut ctx: HandlerContext) -> HandlerExit {
                 }
                 if let Err(e) = r {
                     tracing::debug!("writing stdout failed: {e}; ending the session");
-                    break crate::session::shell::output_error(&e);
+                    break crate::session::handler::output_error(&e);
                 }
             }
             None => {

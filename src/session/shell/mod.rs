@@ -22,6 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::handler::output_error;
 use super::handshake::SessionKind;
 use super::{FromAgent, HandlerContext, HandlerExit, LocalEnd, ToAgent};
 use crate::channel::Priority;
@@ -63,16 +64,6 @@ fn start_signal_thread(tx: mpsc::Sender<()>) -> std::io::Result<()> {
             }
         })?;
     Ok(())
-}
-
-/// How a failed write of the session's output ends the handler: a reader that went away is a
-/// quiet end, anything else loses output and is an error.
-pub fn output_error(e: &std::io::Error) -> HandlerExit {
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        HandlerExit::OutputClosed
-    } else {
-        HandlerExit::OutputFailed(e.to_string())
-    }
 }
 
 enum Input {
