@@ -88,7 +88,10 @@ async fn encrypted_noninteractive_command_is_byte_exact() {
     let started = world.start_session(
         TARGET,
         Some("AWS-StartNonInteractiveCommand"),
-        &[("command", "sh -c 'seq 1 3000; echo to-stderr >&2; exit 3'")],
+        &[
+            ("command", "sh -c 'seq 1 3000; echo to-stderr >&2; exit 3'"),
+            ("separateOutputStream", "true"),
+        ],
     );
     let home = Home::with_keys("default", KEY, SECRET);
     let out = Running::spawn(plugin(

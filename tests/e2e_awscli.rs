@@ -65,7 +65,7 @@ async fn aws_ssm_noninteractive_command_status_becomes_255() {
         "--document-name",
         "AWS-StartNonInteractiveCommand",
         "--parameters",
-        r#"{"command": ["sh -c 'echo from-remote; exit 3'"]}"#,
+        r#"{"command": ["sh -c 'echo from-remote; exit 3'"], "separateOutputStream": ["true"]}"#,
     ]);
     let out = run_piped(cmd, b"", LIMIT).await;
     assert!(out.stdout.contains("from-remote"), "{}", out.stdout);

@@ -139,7 +139,7 @@ async fn a_reader_of_stdout_that_goes_away_ends_the_remote_command() {
     let started = world.start_session(
         TARGET,
         Some("AWS-StartNonInteractiveCommand"),
-        &[("command", "yes")],
+        &[("command", "yes"), ("separateOutputStream", "true")],
     );
     let home = Home::with_keys("default", KEY, SECRET);
     let inner = plugin(&world, &started, &home, "", TARGET, &world.api.url());
@@ -183,7 +183,10 @@ async fn stdout_on_a_full_disk_is_an_error_not_a_silent_success() {
     let started = world.start_session(
         TARGET,
         Some("AWS-StartNonInteractiveCommand"),
-        &[("command", "sh -c 'echo some-output; exit 3'")],
+        &[
+            ("command", "sh -c 'echo some-output; exit 3'"),
+            ("separateOutputStream", "true"),
+        ],
     );
     let home = Home::with_keys("default", KEY, SECRET);
     let mut cmd = plugin(&world, &started, &home, "", TARGET, &world.api.url());
@@ -358,7 +361,10 @@ async fn exit_0_n_69_77_129_143_through_the_simulator() {
     let s = world.start_session(
         TARGET,
         Some("AWS-StartNonInteractiveCommand"),
-        &[("command", "sh -c 'exit 5'")],
+        &[
+            ("command", "sh -c 'exit 5'"),
+            ("separateOutputStream", "true"),
+        ],
     );
     let out = spawn(&s).finish(LIMIT).await;
     assert_eq!(out.status.code(), Some(5), "remote exit: {out}");

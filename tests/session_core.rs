@@ -45,10 +45,13 @@ async fn noninteractive_command_exit_code_and_stderr_pass_through() {
         &sim,
         Some("AWS-StartNonInteractiveCommand"),
         // The agent splits the command into words and runs it without a shell.
-        &[(
-            "command",
-            "sh -c 'echo out-line; echo err-line >&2; exit 3'",
-        )],
+        &[
+            (
+                "command",
+                "sh -c 'echo out-line; echo err-line >&2; exit 3'",
+            ),
+            ("separateOutputStream", "true"),
+        ],
     );
     let home = tempfile::tempdir().unwrap();
     let out = run_piped(

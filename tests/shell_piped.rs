@@ -84,7 +84,10 @@ async fn status_lines_can_move_to_stderr() {
     let s = start(
         &sim,
         Some("AWS-StartNonInteractiveCommand"),
-        &[("command", "echo only-this")],
+        &[
+            ("command", "echo only-this"),
+            ("separateOutputStream", "true"),
+        ],
     );
     let r = run_piped(
         &s,
@@ -111,10 +114,11 @@ async fn status_lines_can_move_to_stderr() {
     sim.shutdown();
 }
 
-/// NonInteractiveCommands with separate streams: stdout and stderr kept apart, the remote
-/// exit code becomes ours.
+/// AWS-StartNonInteractiveCommand as its document declares it by default
+/// (`separateOutputStream` "false"): the agent mixes stderr into the output, sends it once the
+/// command is done, and no status, so the plugin can only exit 0 (as the real agent makes it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn command_exit_code_and_streams() {
+async fn command_without_separate_streams_mixes_them_and_has_no_status() {
     let sim = sim("sh").await;
     let s = start(
         &sim,
@@ -123,6 +127,40 @@ async fn command_exit_code_and_streams() {
             "command",
             "sh -c 'echo out-$((1)); echo err-$((2)) >&2; exit 7'",
         )],
+    );
+    let r = run_piped(
+        &s,
+        &[("SESSION_MANAGER_PLUGIN_MESSAGES", "stderr")],
+        b"",
+        LONG,
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        r.stdout,
+        r.stderr
+    );
+    assert_eq!(r.stdout, "out-1\nerr-2\n");
+    sim.shutdown();
+}
+
+/// NonInteractiveCommands with separate streams: stdout and stderr kept apart, the remote
+/// exit code becomes ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_exit_code_and_streams() {
+    let sim = sim("sh").await;
+    let s = start(
+        &sim,
+        Some("AWS-StartNonInteractiveCommand"),
+        &[
+            (
+                "command",
+                "sh -c 'echo out-$((1)); echo err-$((2)) >&2; exit 7'",
+            ),
+            ("separateOutputStream", "true"),
+        ],
     );
     let r = run_piped(
         &s,
@@ -155,7 +193,7 @@ async fn sigint_interrupts_the_remote_command() {
         &[(
             "command",
             "sh -c 'trap \"echo got-int; exit 5\" INT; echo armed; while :; do sleep 0.1; done'",
-        )],
+        ), ("separateOutputStream", "true")],
     );
     let r = run_piped_with(&s, &[], LONG, |pid, out| {
         if out.contains("armed") {

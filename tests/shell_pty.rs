@@ -85,7 +85,10 @@ async fn tilde_dot_ends_a_session_that_ignores_input() {
     let s = start(
         &sim,
         Some("AWS-StartNonInteractiveCommand"),
-        &[("command", "sh -c 'echo ready-$((2*2)); sleep 60'")],
+        &[
+            ("command", "sh -c 'echo ready-$((2*2)); sleep 60'"),
+            ("separateOutputStream", "true"),
+        ],
     );
     let mut p = PtyPlugin::spawn(&s, (80, 24), &[]);
     let before = p.modes();

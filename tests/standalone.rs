@@ -92,6 +92,11 @@ async fn exec_exits_with_the_remote_status_and_keeps_stderr_apart() {
         calls[0].body["Parameters"]["command"][0],
         "sh -c 'echo to-out; echo to-err >&2; exit 7'"
     );
+    // AWS's document sends the status and stderr apart only when asked (its default is off).
+    assert_eq!(
+        calls[0].body["Parameters"]["separateOutputStream"][0],
+        "true"
+    );
     assert!(calls[0].signed_by.as_ref().is_some_and(|s| s.verified));
 }
 

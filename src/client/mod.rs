@@ -415,11 +415,20 @@ async fn exec(
         .map(|w| shell_quote(w))
         .collect::<Vec<_>>()
         .join(" ");
+    let document = document.unwrap_or_else(|| EXEC_DOCUMENT.into());
+    let mut parameters = BTreeMap::from([("command".to_owned(), vec![line])]);
+    if document == EXEC_DOCUMENT {
+        // AWS's document declares `separateOutputStream` (default "false"); only with it on does
+        // the agent send stderr apart and the EXIT_CODE payload, so `exec` exits with the
+        // remote status (agent `shell.go: processCommandsWithOutputStreamSeparate`). Off, it
+        // mixes both streams into one file, sends it after the command ends, and no status.
+        parameters.insert("separateOutputStream".to_owned(), vec!["true".to_owned()]);
+    }
     let request = RequestParameters {
         target,
-        document_name: Some(document.unwrap_or_else(|| "AWS-StartNonInteractiveCommand".into())),
+        document_name: Some(document),
         reason,
-        parameters: BTreeMap::from([("command".to_owned(), vec![line])]),
+        parameters,
     };
     // Our status lines go to stderr: stdout is the command's alone.
     let ui = Ui { to_stderr: true };
@@ -429,6 +438,9 @@ async fn exec(
     session::print_end(ui, &id, &outcome);
     Ok(outcome.exit)
 }
+
+/// The document `exec` runs by default.
+const EXEC_DOCUMENT: &str = "AWS-StartNonInteractiveCommand";
 
 async fn tunnels(
     env: &config::Env,

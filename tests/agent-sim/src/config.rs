@@ -40,7 +40,8 @@ pub struct SimConfig {
     /// channel_closed, waiting for a reconnect with a resumed token.
     pub resume_window: Duration,
     /// NonInteractiveCommands `separateOutputStream` (StdErr + ExitCode payloads) when the
-    /// StartSession parameters do not say.
+    /// StartSession parameters do not say: off, as AWS-StartNonInteractiveCommand declares it
+    /// (its parameter's default is "false").
     pub separate_output_stream: bool,
     /// Keep agent frames in the relay while no client is connected (first connect, and
     /// between a drop and the reconnect), delivering them when the client (re)connects.
@@ -76,7 +77,8 @@ impl Default for SimConfig {
             handshake_timeout: Duration::from_secs(15),
             close_drain_timeout: Duration::from_secs(2),
             resume_window: Duration::from_secs(60),
-            separate_output_stream: true,
+            // AWS-StartNonInteractiveCommand's own default ("false").
+            separate_output_stream: false,
             queue_while_disconnected: true,
             mux_half_close: false,
             ws_credentials: BTreeMap::new(),

@@ -46,8 +46,8 @@ struct Args {
     /// Seconds a dropped session waits for a resume.
     #[arg(long, default_value_t = 60)]
     resume_window_secs: u64,
-    /// NonInteractiveCommands separateOutputStream default.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    /// NonInteractiveCommands separateOutputStream default (AWS's document: false).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     separate_output_stream: bool,
     /// Do not queue agent frames while no client is connected.
     #[arg(long)]

@@ -15,7 +15,10 @@ async fn noninteractive_separate_streams_and_exit_code() {
     let s = start(
         &sim,
         Some("AWS-StartNonInteractiveCommand"),
-        &[("command", "sh -c 'echo out; echo err 1>&2; exit 3'")],
+        &[
+            ("command", "sh -c 'echo out; echo err 1>&2; exit 3'"),
+            ("separateOutputStream", "true"),
+        ],
     );
     let mut c = Client::connect(&s.stream_url, &s.token_value, NEW_CLIENT).await;
     let req = c.handshake(NEW_CLIENT).await;
@@ -67,7 +70,7 @@ async fn noninteractive_combined_and_old_client_warning() {
     let s = start(
         &sim,
         Some("AWS-StartNonInteractiveCommand"),
-        &[("command", "true")],
+        &[("command", "true"), ("separateOutputStream", "true")],
     );
     let mut c = Client::connect(&s.stream_url, &s.token_value, "1.2.0.0").await;
     c.handshake("1.2.0.0").await;
