@@ -221,6 +221,18 @@ fn leaky(target: &str) -> bool {
         .any(|t| target == *t || target.strip_prefix(t).is_some_and(|r| r.starts_with("::")))
 }
 
+/// The AWS SDK's crates, whose warnings are off by default (see [`init_logging`]).
+const SDK_LOG_TARGETS: &[&str] = &[
+    "aws_config",
+    "aws_runtime",
+    "aws_sdk_ssm",
+    "aws_sdk_kms",
+    "aws_sigv4",
+    "aws_smithy_runtime",
+    "aws_smithy_http_client",
+    "aws_credential_types",
+];
+
 /// The filter of `SESSION_MANAGER_PLUGIN_LOG`: comma-separated `LEVEL` or `TARGET=LEVEL`
 /// directives, or `None` if any is neither. Checked here because `Targets` takes any word as
 /// a target name, so a misspelt level ("debgu") would silently log nothing it asked for.
@@ -255,11 +267,16 @@ pub fn init_logging(env: &Env) {
     // `Targets` ("debug", "info,ssm_plugin::channel=trace"): the level and per-target
     // directives users set, without EnvFilter's span and field matching and the regex engine it
     // brings (about 0.3 MB of code).
-    let filter = env
-        .log
-        .as_deref()
-        .and_then(log_filter)
-        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::WARN));
+    let filter = env.log.as_deref().and_then(log_filter).unwrap_or_else(|| {
+        // By default the AWS SDK's own warnings stay off stderr (errors still show): tools that
+        // drive the plugin fail on any stderr byte (Ansible's aws_ssm connection), and the SDK
+        // warns about things the AWS CLI passes over silently, such as AWS_CONFIG_FILE naming a
+        // file that does not exist. SESSION_MANAGER_PLUGIN_LOG=warn (or any level) shows them.
+        SDK_LOG_TARGETS.iter().fold(
+            Targets::new().with_default(tracing::Level::WARN),
+            |t, target| t.with_target(*target, tracing::Level::ERROR),
+        )
+    });
     // The cap only narrows what the level filter lets through, so its hint is "anything": the
     // combined hint is then the level filter's own, and tracing skips disabled call sites
     // (tungstenite's per-frame trace lines) before building them. Without it the combined hint

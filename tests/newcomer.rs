@@ -159,3 +159,30 @@ async fn a_session_refused_before_connecting_never_says_it_started() {
         assert!(!out.stderr.contains("Starting session"), "{out}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_files_that_do_not_exist_put_nothing_on_stderr() {
+    let mut cfg = fast_config();
+    cfg.ws_credentials = ws_credentials();
+    cfg.require_signed_upgrade = true;
+    let world = World::start(cfg).await;
+    let started = world.start_session(TARGET, None, &[]);
+    let home = Home::empty();
+    let mut cmd = plugin(&world, &started, &home, "", TARGET, &world.api.url());
+    // As a tool runs it: the default log level, no log file.
+    cmd.env_remove("SESSION_MANAGER_PLUGIN_LOG")
+        .env_remove("SESSION_MANAGER_PLUGIN_LOG_FILE")
+        .env("AWS_CONFIG_FILE", home.path().join("no-such-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            home.path().join("no-such-credentials"),
+        )
+        .env("AWS_ACCESS_KEY_ID", KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET);
+    let mut p = Running::spawn(cmd);
+    p.write(b"echo files-$((40+2))\nexit\n").await;
+    let out = p.finish(LIMIT).await;
+    assert!(out.status.success(), "{out}");
+    assert!(out.stdout.contains("files-42"), "{out}");
+    assert_eq!(out.stderr, "", "nothing on stderr\n{out}");
+}
