@@ -288,7 +288,7 @@ Direct use (what the AWS CLI runs):
 Standalone use (no AWS CLI needed; `COMMAND --help` for each):
   session-manager-plugin connect TARGET            a shell (or any document)
   session-manager-plugin exec TARGET -- COMMAND    a command; exits with its status
-  session-manager-plugin forward TARGET -L [BIND:]LPORT:[HOST:]RPORT [-D [BIND:]PORT]
+  session-manager-plugin forward TARGET -L LPORT:[HOST:]RPORT [-D [BIND:]PORT]
   session-manager-plugin tunnels [NAME...]         named tunnels from the config file
   session-manager-plugin completions bash|zsh|fish
 

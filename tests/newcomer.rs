@@ -186,3 +186,23 @@ async fn aws_files_that_do_not_exist_put_nothing_on_stderr() {
     assert!(out.stdout.contains("files-42"), "{out}");
     assert_eq!(out.stderr, "", "nothing on stderr\n{out}");
 }
+
+#[test]
+fn a_forward_spec_is_read_as_ssh_reads_it_and_the_error_shows_the_meant_form() {
+    let out = bin()
+        .args(["forward", "i-0123456789abcdef0", "-L", "127.0.0.1:8080:80"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("with three fields -L is LOCAL_PORT:HOST:REMOTE_PORT, as in ssh")
+            && stderr.contains("write 127.0.0.1:8080::80"),
+        "{stderr}"
+    );
+    let help = bin().args(["forward", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("BIND:LOCAL_PORT:HOST:REMOTE_PORT"), "{help}");
+}

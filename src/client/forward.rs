@@ -42,7 +42,10 @@ pub(crate) async fn run(
     {
         return Err(Failure::new(
             Exit::Usage,
-            "nothing to forward: give -L [BIND:]LOCAL_PORT:[HOST:]REMOTE_PORT and/or -D [BIND:]PORT",
+            format!(
+                "nothing to forward: give -L {} and/or -D [BIND:]PORT",
+                super::spec::LOCAL_FORMS
+            ),
         ));
     }
     let api = super::api(aws).await?;

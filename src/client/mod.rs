@@ -106,8 +106,10 @@ enum Command {
         /// Instance or managed-node id, `ecs:CLUSTER_TASK_RUNTIMEID`, a Name tag value,
         /// `tag:KEY=VALUE`, or an alias from the config file.
         target: String,
-        /// [BIND:]LOCAL_PORT:[HOST:]REMOTE_PORT: listen on LOCAL_PORT (0: any free port) and
-        /// forward to HOST:REMOTE_PORT as TARGET sees it (no HOST: TARGET itself). Repeatable.
+        /// LOCAL_PORT:REMOTE_PORT, LOCAL_PORT:HOST:REMOTE_PORT or
+        /// BIND:LOCAL_PORT:HOST:REMOTE_PORT (ssh's -L; three fields always name a HOST): listen
+        /// on LOCAL_PORT (0: any free port) and forward to HOST:REMOTE_PORT as TARGET sees it
+        /// (no or an empty HOST: TARGET itself, e.g. 127.0.0.1:8080::80). Repeatable.
         #[arg(short = 'L', value_name = "SPEC")]
         local: Vec<LocalForward>,
         /// [BIND:]PORT: a SOCKS5 proxy (CONNECT, no authentication, names resolved on the remote

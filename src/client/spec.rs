@@ -3,7 +3,7 @@
 
 use crate::cli::RequestParameters;
 
-/// One `-L [BIND:]LPORT:[HOST:]RPORT`.
+/// One `-L LPORT:[HOST:]RPORT` or `-L BIND:LPORT:HOST:RPORT` (HOST may be empty).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalForward {
     /// Address or host name the listener binds to; `None`: loopback.
@@ -57,8 +57,14 @@ fn host(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_owned())
 }
 
+/// The forms of `-L`, for help and errors.
+pub const LOCAL_FORMS: &str =
+    "LOCAL_PORT:REMOTE_PORT, LOCAL_PORT:HOST:REMOTE_PORT or BIND:LOCAL_PORT:HOST:REMOTE_PORT";
+
 impl std::str::FromStr for LocalForward {
     type Err = String;
+    /// ssh's rule: three fields are LOCAL_PORT:HOST:REMOTE_PORT, four BIND:LOCAL_PORT:HOST:
+    /// REMOTE_PORT; two (ours, ssh has none) forward to TARGET itself, as does an empty HOST.
     fn from_str(spec: &str) -> Result<Self, String> {
         let f = fields(spec);
         let (bind, lport, h, rport) = match f.as_slice() {
@@ -67,10 +73,22 @@ impl std::str::FromStr for LocalForward {
             [bind, lport, h, rport] => (host(bind), lport, host(h), rport),
             _ => {
                 return Err(format!(
-                "{spec:?} is not [BIND:]LOCAL_PORT:[HOST:]REMOTE_PORT (e.g. 5432:db.internal:5432)"
-            ))
+                    "{spec:?} is not {LOCAL_FORMS} (e.g. 5432:db.internal:5432)"
+                ))
             }
         };
+        // `127.0.0.1:8080:80` read as BIND:LOCAL_PORT:REMOTE_PORT: ssh reads three fields as
+        // LOCAL_PORT:HOST:REMOTE_PORT, so say which spelling means that.
+        if let [first, lp, rp] = f.as_slice() {
+            if first.trim().parse::<u16>().is_err()
+                && lp.trim().parse::<u16>().is_ok()
+                && rp.trim().parse::<u16>().is_ok()
+            {
+                return Err(format!(
+                    "local port {first:?} in {spec:?} is not a port number: with three fields -L is LOCAL_PORT:HOST:REMOTE_PORT, as in ssh; to listen on {first} and forward to TARGET's port {rp}, write {first}:{lp}::{rp} (BIND:LOCAL_PORT:HOST:REMOTE_PORT, an empty HOST is TARGET itself)"
+                ));
+            }
+        }
         let remote_port = port(rport, "remote port", spec)?;
         if remote_port == 0 {
             return Err(format!("the remote port in {spec:?} cannot be 0"));
@@ -181,6 +199,22 @@ mod tests {
             }
         );
         assert!(l("5432").unwrap_err().contains("LOCAL_PORT"));
+        // Three fields are LOCAL_PORT:HOST:REMOTE_PORT, as in ssh; the error shows the four.
+        let e = l("127.0.0.1:8080:80").unwrap_err();
+        assert!(
+            e.contains("LOCAL_PORT:HOST:REMOTE_PORT, as in ssh")
+                && e.contains("write 127.0.0.1:8080::80"),
+            "{e}"
+        );
+        assert_eq!(
+            l("127.0.0.1:8080::80").unwrap(),
+            LocalForward {
+                bind: Some("127.0.0.1".into()),
+                local_port: 8080,
+                host: None,
+                remote_port: 80
+            }
+        );
         assert!(l("x:80").unwrap_err().contains("not a port number"));
         assert!(l("80:0").unwrap_err().contains("cannot be 0"));
         assert!(l("1:2:3:4:5").is_err());
