@@ -1,16 +1,19 @@
 # Homebrew formula: builds session-manager-plugin from the release's source tarball with cargo.
 #
-# packaging/build.sh writes dist/session-manager-plugin.rb from this file with the sha256 of the
-# source tarball it made (dist/session-manager-plugin-<version>.src.tar.gz) and, when RELEASE_URL
-# is set, the URL it will be published at. Publish the tarball there and put the written formula
-# in a tap. Not tested here (no macOS or Homebrew on the build machine).
+# TEMPLATE, not a usable formula: @HOMEPAGE@ and @RELEASE_URL@ below are placeholders, and the
+# version and sha256 are examples. packaging/build.sh writes dist/session-manager-plugin.rb from
+# it, with the version, the sha256 of the source tarball it made
+# (dist/session-manager-plugin-<version>.src.tar.gz) and, from its environment, HOMEPAGE (the
+# project's page) and RELEASE_URL (where that tarball will be published). Publish the tarball
+# there and put the written formula in a tap. Not tested here (no macOS or Homebrew on the build
+# machine).
 #
 # It conflicts with Homebrew's cask `session-manager-plugin` (AWS's plugin), which installs the
 # same command.
 class SessionManagerPlugin < Formula
   desc "Drop-in replacement for AWS's Session Manager plugin (aws ssm start-session)"
-  homepage "https://github.com/OWNER/session-manager-plugin-rs"
-  url "https://github.com/OWNER/session-manager-plugin-rs/releases/download/v0.1.0/session-manager-plugin-0.1.0.src.tar.gz"
+  homepage "@HOMEPAGE@"
+  url "@RELEASE_URL@"
   version "0.1.0"
   sha256 "0000000000000000000000000000000000000000000000000000000000000000"
   license "Apache-2.0"

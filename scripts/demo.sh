@@ -44,8 +44,34 @@ say "building the plugin and the simulator (debug; a few minutes the first time)
 cargo build --locked -p session-manager-plugin -p agent-sim
 
 work=$(mktemp -d)
-pids=()
+pids=() api_url=""
+# The processes of this demo that talk to the simulator: the AWS CLI and the plugin, the only
+# ones with its endpoint (a port of its own) on their command line.
+clients() {
+  local d args
+  for d in /proc/[0-9]*; do
+    mapfile -d "" args 2>/dev/null <"$d/cmdline" || continue
+    case " ${args[*]} " in *" $api_url "*) echo "${d#/proc/}" ;; esac
+  done
+}
+# Waits at most $1 tenths of a second for them to exit.
+clients_gone() {
+  local n=$1
+  while [ -n "$(clients)" ]; do
+    [ "$n" -gt 0 ] || return 1
+    n=$((n - 1))
+    sleep 0.1
+  done
+}
 cleanup() {
+  # The simulator goes last: ssh's ProxyCommand plugin outlives ssh (ssh hangs up on the AWS
+  # CLI, and the plugin, now init's child, still ends its session with the agent: up to 10 s),
+  # and a simulator gone before it would read as a lost connection ("Connection lost ...;
+  # resuming session..."). What is left after 10 s gets SIGTERM (the plugin tells the agent).
+  if [ -n "$api_url" ] && ! clients_gone 100; then
+    kill $(clients) 2>/dev/null || true
+    clients_gone 30 || true
+  fi
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   rm -rf "$work"
 }
@@ -90,8 +116,8 @@ shell)
 command)
   say "runs '$mode_arg' here (no shell, no terminal): its output on stdout, its errors on stderr, its exit status as the plugin's"
   status=0
-  # separateOutputStream (a simulator parameter; in AWS a Session Manager preference) keeps the
-  # command's stderr apart and reports its exit status.
+  # separateOutputStream, a parameter of AWS's document (default "false"), keeps the command's
+  # stderr apart and makes the agent report its exit status.
   params=$(python3 -c 'import json,sys; print(json.dumps({"command": [sys.argv[1]], "separateOutputStream": ["true"]}))' "$mode_arg")
   start_session --document-name AWS-StartNonInteractiveCommand --parameters "$params" "$@" \
     </dev/null || status=$?

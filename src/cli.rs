@@ -290,7 +290,7 @@ Standalone use (no AWS CLI needed; `COMMAND --help` for each):
   session-manager-plugin exec TARGET -- COMMAND    a command; exits with its status
   session-manager-plugin forward TARGET -L LPORT:[HOST:]RPORT [-D [BIND:]PORT]
   session-manager-plugin tunnels [NAME...]         named tunnels from the config file
-  session-manager-plugin completions bash|zsh|fish
+  session-manager-plugin completions bash|zsh|fish|elvish|powershell
 
 See README.md for the environment variables, exit codes and troubleshooting.
 "

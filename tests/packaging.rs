@@ -4,6 +4,10 @@
 //! /usr/local/bin, and declare that they replace AWS's `session-manager-plugin`; the .deb
 //! replaces a stand-in for AWS's package and uninstalls without a trace (dpkg in a scratch root).
 //!
+//! The packages carry the maintainer, homepage and release address the publisher gives
+//! build.sh, and a real description; without them nothing claims a made-up address.
+//! packaging/install.sh is run with a stand-in `cargo` (no release build).
+//!
 //! The tools come from `scripts/ensure-packaging-tools.sh` (run by `scripts/test.sh`); a missing
 //! tool fails the test with that advice, never skips it.
 
@@ -15,6 +19,10 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 const WIRE_VERSION: &str = "1.2.764.0";
 const BIN_PATH: &str = "usr/local/sessionmanagerplugin/bin/session-manager-plugin";
 const LINK_PATH: &str = "usr/local/bin/session-manager-plugin";
+// What a publisher passes to packaging/build.sh (dist()).
+const MAINTAINER: &str = "Test Packager <packager@test.invalid>";
+const HOMEPAGE: &str = "https://test.invalid/session-manager-plugin";
+const RELEASE_URL: &str = "https://test.invalid/session-manager-plugin/v1/src.tar.gz?a=1&b=2";
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -67,22 +75,52 @@ fn require_tools() {
     );
 }
 
-/// Runs packaging/build.sh once for all tests of this file; returns the output directory.
+/// packaging/build.sh packaging the test build's binary into `out`, without the publisher's
+/// settings of the caller's environment.
+fn build_sh(out: &Path) -> Command {
+    let _ = std::fs::remove_dir_all(out);
+    let mut cmd = Command::new(repo().join("packaging/build.sh"));
+    cmd.arg("--binary")
+        .arg(env!("CARGO_BIN_EXE_session-manager-plugin"))
+        .arg("--out")
+        .arg(out)
+        .args(["--fast", "--no-install"])
+        .env("CARGO_NET_OFFLINE", "true")
+        .env_remove("MAINTAINER")
+        .env_remove("HOMEPAGE")
+        .env_remove("RELEASE_URL");
+    cmd
+}
+
+/// Runs packaging/build.sh once for all tests of this file, as a publisher does (MAINTAINER,
+/// HOMEPAGE, RELEASE_URL); returns the output directory.
 fn dist() -> &'static Path {
     static DIST: OnceLock<PathBuf> = OnceLock::new();
     DIST.get_or_init(|| {
         require_tools();
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("packaging-dist");
-        let _ = std::fs::remove_dir_all(&out);
-        run(Command::new(repo().join("packaging/build.sh"))
-            .arg("--binary")
-            .arg(env!("CARGO_BIN_EXE_session-manager-plugin"))
-            .arg("--out")
-            .arg(&out)
-            .args(["--fast", "--no-install"])
-            .env("CARGO_NET_OFFLINE", "true"));
+        run(build_sh(&out)
+            .env("MAINTAINER", MAINTAINER)
+            .env("HOMEPAGE", HOMEPAGE)
+            .env("RELEASE_URL", RELEASE_URL));
         out
     })
+}
+
+fn rpm_query(rpm: &Path, format: &str) -> String {
+    stdout(
+        Command::new("rpm")
+            .arg("-qp")
+            .args(["--qf", format])
+            .arg(rpm),
+    )
+}
+
+fn description() -> String {
+    std::fs::read_to_string(repo().join("packaging/description.txt"))
+        .unwrap()
+        .trim()
+        .to_owned()
 }
 
 /// The one file in `dir` whose name ends with `suffix`.
@@ -382,4 +420,265 @@ fn the_deb_replaces_aws_package_and_uninstalls_without_a_trace() {
             "{gone} is left after purge"
         );
     }
+}
+
+/// A stand-in `cargo` for packaging/install.sh: it logs its arguments and "builds" the debug
+/// binary into `$CARGO_TARGET_DIR/release` (a release build takes minutes). Returns the
+/// directory to put first on PATH, the log, and the target directory.
+fn fake_cargo(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let bin_dir = dir.join("fake-bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let log = dir.join("cargo.log");
+    let target = dir.join("target");
+    let cargo = bin_dir.join("cargo");
+    std::fs::write(
+        &cargo,
+        format!(
+            "#!/bin/sh\nset -e\necho \"$*\" >>'{}'\nmkdir -p \"$CARGO_TARGET_DIR/release\"\n\
+             cp '{}' \"$CARGO_TARGET_DIR/release/session-manager-plugin\"\n",
+            log.display(),
+            env!("CARGO_BIN_EXE_session-manager-plugin")
+        ),
+    )
+    .unwrap();
+    run(Command::new("chmod").arg("0755").arg(&cargo));
+    (bin_dir, log, target)
+}
+
+fn install_sh(dir: &Path, bin_dir: &Path, target: &Path) -> Command {
+    let mut cmd = Command::new(repo().join("packaging/install.sh"));
+    let path = std::env::var("PATH").unwrap_or_default();
+    cmd.current_dir(dir)
+        .env("PATH", format!("{}:{path}", bin_dir.display()))
+        .env("CARGO_TARGET_DIR", target)
+        .env_remove("PREFIX");
+    cmd
+}
+
+#[test]
+fn install_sh_takes_a_relative_prefix_relative_to_the_current_directory() {
+    let dir = scratch("install-relative");
+    let (bin_dir, log, target) = fake_cargo(&dir);
+    let caller = dir.join("caller");
+    std::fs::create_dir_all(&caller).unwrap();
+    let name = "install-sh-relative-prefix";
+    let in_clone = repo().join(name);
+    assert!(!in_clone.exists(), "{in_clone:?} exists before the test");
+
+    let out =
+        String::from_utf8(run(install_sh(&caller, &bin_dir, &target).arg(name)).stdout).unwrap();
+    let created_in_clone = in_clone.exists();
+    let _ = std::fs::remove_dir_all(&in_clone);
+    assert!(
+        !created_in_clone,
+        "installed into the clone ({in_clone:?}):\n{out}"
+    );
+    let cargo_args = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        cargo_args.trim(),
+        "build --release --locked -p session-manager-plugin"
+    );
+
+    let prefix = caller.join(name);
+    let bin = prefix.join("bin/session-manager-plugin");
+    assert_runs(&bin);
+    assert!(prefix
+        .join("share/man/man1/session-manager-plugin.1")
+        .is_file());
+    // The package's version, and the wire version said as what it is.
+    let installed = format!(
+        "installed {}: session-manager-plugin {VERSION} (speaks AWS plugin protocol {WIRE_VERSION})",
+        bin.display()
+    );
+    assert!(
+        out.lines().any(|l| l == installed),
+        "no line {installed:?} in:\n{out}"
+    );
+
+    // --uninstall takes the same relative PREFIX.
+    let out = String::from_utf8(
+        run(install_sh(&caller, &bin_dir, &target).args(["--uninstall", name])).stdout,
+    )
+    .unwrap();
+    assert!(
+        out.lines()
+            .any(|l| l == format!("removed {}", bin.display())),
+        "{out}"
+    );
+    assert!(!bin.exists(), "{bin:?} is left after --uninstall");
+}
+
+#[test]
+fn install_sh_help_prints_usage_and_builds_nothing_and_unknown_options_fail() {
+    let dir = scratch("install-help");
+    let (bin_dir, log, target) = fake_cargo(&dir);
+    for help in ["--help", "-h"] {
+        let out = run(install_sh(&dir, &bin_dir, &target).arg(help));
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            text.contains("Usage: packaging/install.sh [PREFIX]"),
+            "install.sh {help}:\n{text}"
+        );
+        assert!(out.stderr.is_empty(), "install.sh {help}: {:?}", out.stderr);
+    }
+    for bad in [
+        &["--bogus"][..],
+        &["-x", "prefix"],
+        &["--uninstall", "--prefix=x"],
+    ] {
+        let out = install_sh(&dir, &bin_dir, &target)
+            .args(bad)
+            .output()
+            .unwrap();
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(!out.status.success(), "install.sh {bad:?} succeeded");
+        assert_eq!(
+            err.lines().count(),
+            1,
+            "install.sh {bad:?}: one line:\n{err}"
+        );
+        assert!(err.contains("unknown option"), "install.sh {bad:?}: {err}");
+    }
+    assert!(
+        !log.exists(),
+        "install.sh ran cargo: {:?}",
+        std::fs::read_to_string(&log)
+    );
+    assert!(!target.exists(), "install.sh built something");
+    assert!(
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .all(|e| e.unwrap().file_name() == "fake-bin"),
+        "install.sh made files in {dir:?}"
+    );
+}
+
+#[test]
+fn the_packages_carry_the_publishers_maintainer_and_homepage_and_a_real_description() {
+    let dist = dist();
+    let deb = artifact(dist, ".deb");
+    let field = |f: &str| {
+        stdout(Command::new("dpkg-deb").arg("-f").arg(&deb).arg(f))
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(field("Maintainer"), MAINTAINER);
+    let deb_description = field("Description");
+    let text = description();
+    let first_words: String = text
+        .split_whitespace()
+        .take(12)
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        deb_description
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .contains(&first_words),
+        "the .deb's Description is not packaging/description.txt:\n{deb_description}"
+    );
+
+    let rpm = artifact(dist, ".rpm");
+    assert_eq!(rpm_query(&rpm, "%{URL}"), HOMEPAGE);
+    let summary = rpm_query(&rpm, "%{SUMMARY}");
+    assert!(!summary.contains('\n') && summary.len() < 80, "{summary:?}");
+    let rpm_description = rpm_query(&rpm, "%{DESCRIPTION}");
+    assert_eq!(rpm_description.trim(), text, "the .rpm's Description");
+    let words = rpm_description
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        words.matches(". ").count() >= 3,
+        "a few sentences, not the summary: {rpm_description}"
+    );
+    // The rewritten header still matches the digests, and rpm reads the rest as before.
+    let checked = stdout(Command::new("rpm").arg("-K").arg(&rpm));
+    assert!(
+        checked.trim_end().ends_with("digests OK"),
+        "rpm -K: {checked}"
+    );
+    assert_eq!(
+        rpm_query(&rpm, "%{NAME} %{VERSION}"),
+        format!("session-manager-plugin-rs {VERSION}")
+    );
+}
+
+#[test]
+fn the_homebrew_formula_is_filled_in_and_the_template_says_it_is_one() {
+    let dist = dist();
+    let formula = std::fs::read_to_string(dist.join("session-manager-plugin.rb")).unwrap();
+    let src = artifact(dist, ".src.tar.gz");
+    let src_sum = stdout(Command::new("sha256sum").arg(&src));
+    let src_sum = src_sum.split_whitespace().next().unwrap();
+    for line in [
+        format!("  homepage \"{HOMEPAGE}\""),
+        format!("  url \"{RELEASE_URL}\""),
+        format!("  version \"{VERSION}\""),
+        format!("  sha256 \"{src_sum}\""),
+    ] {
+        assert!(
+            formula.lines().any(|l| l == line),
+            "no line {line:?} in the formula:\n{formula}"
+        );
+    }
+    for placeholder in ["@HOMEPAGE@", "@RELEASE_URL@", "TEMPLATE", "OWNER"] {
+        assert!(
+            !formula.contains(placeholder),
+            "{placeholder} in:\n{formula}"
+        );
+    }
+    let sums = std::fs::read_to_string(dist.join("SHA256SUMS")).unwrap();
+    assert!(
+        sums.lines()
+            .any(|l| l.ends_with(" session-manager-plugin.rb")),
+        "{sums}"
+    );
+
+    let template =
+        std::fs::read_to_string(repo().join("packaging/session-manager-plugin.rb")).unwrap();
+    assert!(
+        template.contains("# TEMPLATE, not a usable formula"),
+        "{template}"
+    );
+    for line in ["  homepage \"@HOMEPAGE@\"", "  url \"@RELEASE_URL@\""] {
+        assert!(
+            template.lines().any(|l| l == line),
+            "no {line:?} in the template"
+        );
+    }
+    assert!(!template.contains("OWNER"));
+}
+
+#[test]
+fn without_the_publishers_settings_nothing_claims_a_made_up_address() {
+    require_tools();
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("packaging-dist-defaults");
+    let built = run(&mut build_sh(&out));
+    let notes = String::from_utf8_lossy(&built.stderr);
+    assert!(notes.contains("MAINTAINER is not set"), "{notes}");
+    assert!(notes.contains("no Homebrew formula"), "{notes}");
+
+    let deb = artifact(&out, ".deb");
+    let control = stdout(Command::new("dpkg-deb").arg("-f").arg(&deb));
+    assert!(
+        control
+            .lines()
+            .any(|l| l == "Maintainer: session-manager-plugin maintainers"),
+        "{control}"
+    );
+    assert!(
+        !control.contains('@') && !control.contains(".example") && !control.contains("Homepage"),
+        "{control}"
+    );
+    let rpm = artifact(&out, ".rpm");
+    assert_eq!(rpm_query(&rpm, "%{URL}"), "(none)");
+    assert_eq!(rpm_query(&rpm, "%{DESCRIPTION}").trim(), description());
+    assert!(
+        !out.join("session-manager-plugin.rb").exists(),
+        "a formula with placeholders was written"
+    );
+    let sums = std::fs::read_to_string(out.join("SHA256SUMS")).unwrap();
+    assert!(!sums.contains(".rb"), "{sums}");
 }

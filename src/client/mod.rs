@@ -139,7 +139,7 @@ enum Command {
         #[command(flatten)]
         aws: AwsOptions,
     },
-    /// Print a shell completion script (bash, zsh, fish).
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
         shell: clap_complete::Shell,

@@ -38,8 +38,9 @@ pub const RESUME_WHILE_ENDING: Duration = Duration::from_secs(10);
 /// Agents above this version understand the TerminateSession flag.
 pub const TERMINATE_FLAG_MIN_AGENT: &str = "2.3.722.0";
 /// Attempts at the first connection before giving up (the reference retries 5 times, then
-/// hangs forever).
-const CONNECT_ATTEMPTS: u32 = 3;
+/// hangs forever). Each is bounded by the transport's own limits (an upgrade that never
+/// answers: 15 s), so a silent service costs about 45 s; the error says so.
+pub const CONNECT_ATTEMPTS: u32 = 3;
 /// First pause between connection or resume attempts; it doubles up to [`RETRY_MAX_DELAY`].
 const RETRY_FIRST_DELAY: Duration = Duration::from_millis(200);
 /// Longest pause between two resume attempts.
@@ -240,6 +241,8 @@ enum Link {
         attempt: u32,
         retry_at: Option<Instant>,
         delay: Duration,
+        /// When the first attempt began, to say how long all of them took.
+        since: Instant,
     },
     Up {
         opened: Instant,
@@ -361,6 +364,7 @@ impl Session {
                 attempt: 1,
                 retry_at: None,
                 delay: RETRY_FIRST_DELAY,
+                since: now,
             },
             kind: None,
             properties: Value::Null,

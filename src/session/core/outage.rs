@@ -97,17 +97,28 @@ impl Session {
     /// The first connection could not be opened. `usage` marks a failure that no retry can
     /// mend (a StreamUrl that is not a websocket URL).
     pub fn connect_failed(&mut self, now: Instant, error: String, usage: bool) {
-        let Link::Connecting { attempt, delay, .. } = &mut self.link else {
+        let Link::Connecting {
+            attempt,
+            delay,
+            since,
+            ..
+        } = &mut self.link
+        else {
             return;
         };
-        if usage || *attempt >= CONNECT_ATTEMPTS {
+        if usage {
             self.link = Link::Gone;
-            let exit = if usage {
-                Exit::Usage
-            } else {
-                Exit::Unavailable
-            };
-            self.close(now, Outcome::error(exit, error));
+            self.close(now, Outcome::error(Exit::Usage, error));
+            return;
+        }
+        if *attempt >= CONNECT_ATTEMPTS {
+            let waited = now.saturating_duration_since(*since);
+            let error = format!(
+                "{error} (gave up after {attempt} tries in {:.1} s)",
+                waited.as_secs_f32()
+            );
+            self.link = Link::Gone;
+            self.close(now, Outcome::error(Exit::Unavailable, error));
             return;
         }
         tracing::debug!("connection attempt {attempt} failed: {error}; retrying");
@@ -118,6 +129,7 @@ impl Session {
             attempt: *attempt,
             retry_at: Some(retry_at),
             delay: *delay,
+            since: *since,
         };
     }
 

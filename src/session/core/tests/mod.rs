@@ -453,6 +453,9 @@ fn the_first_connection_is_retried_then_fails_with_69() {
     }
     let o = w.outcome().expect("ended");
     assert_eq!(o.exit, Exit::Unavailable);
+    // The whole wait and the tries, not only the last try's own limit.
+    let text = format!("{:?}", o.report);
+    assert!(text.contains("gave up after 3 tries in 4.0 s"), "{text}");
 }
 
 #[test]
