@@ -206,3 +206,86 @@ fn a_forward_spec_is_read_as_ssh_reads_it_and_the_error_shows_the_meant_form() {
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("BIND:LOCAL_PORT:HOST:REMOTE_PORT"), "{help}");
 }
+
+/// A standalone command against the fake API, with `home`'s XDG config directory.
+fn standalone(world: &World, home: &Home, args: &[&str]) -> tokio::process::Command {
+    let mut c = isolated(
+        world,
+        home,
+        &format!("newcomer-{}-{}", args[0], std::process::id()),
+    );
+    c.arg(args[0])
+        .args(["--region", REGION, "--endpoint-url", &world.api.url()])
+        .args(&args[1..])
+        .env("XDG_CONFIG_HOME", home.path().join("xdg"));
+    c
+}
+
+fn write_default_config(home: &Home, text: &str) {
+    let dir = home.path().join("xdg/session-manager-plugin");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.toml"), text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tunnels_on_one_local_port_are_named_before_anything_binds() {
+    let world = World::start(fast_config()).await;
+    let home = Home::with_keys("default", KEY, SECRET);
+    write_default_config(
+        &home,
+        "[tunnels.a]\ntarget = \"i-0123456789abcdef0\"\nforward = [\"15432:db:5432\"]\n\
+         [tunnels.b]\ntarget = \"i-0123456789abcdef0\"\nforward = [\"15432:db2:5432\"]\n",
+    );
+    let out = Running::spawn(standalone(&world, &home, &["tunnels"]))
+        .finish(LIMIT)
+        .await;
+    assert_eq!(out.status.code(), Some(64), "{out}");
+    assert!(
+        out.stderr
+            .contains("local port 15432: tunnel \"a\" and tunnel \"b\" both listen on it"),
+        "{out}"
+    );
+    assert!(!out.stderr.contains("another program"), "{out}");
+    assert!(world.calls("StartSession").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_default_config_does_not_stop_a_command_that_needs_none() {
+    let world = World::start(unpaced_config()).await;
+    let home = Home::with_keys("default", KEY, SECRET);
+    write_default_config(&home, "[tunnels.a\n");
+    let out = Running::spawn(standalone(
+        &world,
+        &home,
+        &["exec", TARGET, "--", "echo", "fine"],
+    ))
+    .finish(LIMIT)
+    .await;
+    assert!(out.status.success(), "{out}");
+    assert_eq!(out.stdout, "fine\n", "{out}");
+    // A target that needs the aliases still reports the file, in one line, with 64.
+    let out = Running::spawn(standalone(&world, &home, &["exec", "web-1", "--", "true"]))
+        .finish(LIMIT)
+        .await;
+    assert_eq!(out.status.code(), Some(64), "{out}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out}");
+    assert!(out.stderr.contains("config.toml:1:"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_shaped_target_that_is_no_id_says_so() {
+    let world = World::start(fast_config()).await;
+    let home = Home::with_keys("default", KEY, SECRET);
+    let out = Running::spawn(standalone(
+        &world,
+        &home,
+        &["exec", "i-bogus", "--", "true"],
+    ))
+    .finish(LIMIT)
+    .await;
+    assert_ne!(out.status.code(), Some(0), "{out}");
+    assert!(
+        out.stderr.contains("\"i-bogus\" is not a managed node id"),
+        "{out}"
+    );
+}

@@ -29,6 +29,31 @@ pub struct Plan {
     pub reason: Option<String>,
 }
 
+/// Refuses two listeners on one local address and port, naming both (`what`: how the user
+/// wrote each, `-L 5432` or a tunnel's name), before anything binds: otherwise the second one
+/// fails as if another program held the port.
+pub(crate) fn distinct_ports(ports: &[(String, Option<String>, u16)]) -> Result<(), Failure> {
+    for (i, (what, bind, port)) in ports.iter().enumerate() {
+        if *port == 0 {
+            continue;
+        }
+        if let Some((other, _, _)) = ports[..i].iter().find(|(_, b, p)| {
+            p == port && b.as_deref().unwrap_or("") == bind.as_deref().unwrap_or("")
+        }) {
+            let same = if other == what {
+                format!("{what} is given twice")
+            } else {
+                format!("{other} and {what} both listen on it")
+            };
+            return Err(Failure::new(
+                Exit::Usage,
+                format!("local port {port}: {same}; give each forward its own local port (0 for any free one)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Runs every plan until Ctrl-C (or every forward ended); the status is the worst one.
 pub(crate) async fn run(
     env: &config::Env,
@@ -48,6 +73,21 @@ pub(crate) async fn run(
             ),
         ));
     }
+    let ports: Vec<(String, Option<String>, u16)> = plans
+        .iter()
+        .flat_map(|p| {
+            let l = p
+                .local
+                .iter()
+                .map(|l| (format!("-L {}", l.local_port), l.bind.clone(), l.local_port));
+            let d = p
+                .dynamic
+                .iter()
+                .map(|d| (format!("-D {}", d.port), d.bind.clone(), d.port));
+            l.chain(d).collect::<Vec<_>>()
+        })
+        .collect();
+    distinct_ports(&ports)?;
     let api = super::api(aws).await?;
     // Status lines (ours and the sessions') go to stderr: stdout stays free.
     let ui = Ui { to_stderr: true };

@@ -240,7 +240,7 @@ async fn run(command: Command, env: config::Env) -> Exit {
                 socks_idle: std::time::Duration::from_secs(socks_idle),
                 reason,
             };
-            match load_config(&aws) {
+            match config_for(&aws, &plan.target) {
                 Ok(cfg) => forward::run(&env, &aws, &cfg, vec![plan]).await,
                 Err(f) => Err(f),
             }
@@ -273,6 +273,19 @@ fn load_config(aws: &AwsOptions) -> Result<tunnels::Config, Failure> {
         },
     };
     tunnels::Config::load(&path, required).map_err(|e| Failure::new(Exit::Usage, e))
+}
+
+/// The config file for a command on `raw_target`: a default file that cannot be used does not
+/// stop a command whose target needs no alias (a node id, `ecs:...`, `tag:K=V`); one named with
+/// --config always must be usable.
+fn config_for(aws: &AwsOptions, raw_target: &str) -> Result<tunnels::Config, Failure> {
+    match load_config(aws) {
+        Err(f) if aws.config.is_none() && target::is_literal(raw_target) => {
+            tracing::debug!("the default config file is not used: {}", f.message);
+            Ok(tunnels::Config::default())
+        }
+        r => r,
+    }
 }
 
 /// The AWS context of a command, after the checks the AWS CLI makes before any call: the
@@ -369,7 +382,7 @@ async fn connect(
     parameters: Option<String>,
     reason: Option<String>,
 ) -> Result<Exit, Failure> {
-    let cfg = load_config(aws)?;
+    let cfg = config_for(aws, raw_target)?;
     let api = api(aws).await?;
     let target = resolve_target(raw_target, &cfg.aliases, &api).await?;
     let request = RequestParameters {
@@ -409,7 +422,7 @@ async fn exec(
     reason: Option<String>,
     command: &[String],
 ) -> Result<Exit, Failure> {
-    let cfg = load_config(aws)?;
+    let cfg = config_for(aws, raw_target)?;
     let api = api(aws).await?;
     let target = resolve_target(raw_target, &cfg.aliases, &api).await?;
     let line = command
@@ -511,8 +524,20 @@ async fn tunnels(
     }
     // Tunnels with their own profile/region run as their own group of forwards.
     let mut groups: Vec<(AwsOptions, Vec<forward::Plan>)> = Vec::new();
-    for (_, t) in chosen {
+    let mut ports = Vec::new();
+    for (name, t) in chosen {
         let (local, dynamic) = t.forwards().map_err(|e| Failure::new(Exit::Usage, e))?;
+        ports.extend(
+            local
+                .iter()
+                .map(|l| (format!("tunnel {name:?}"), l.bind.clone(), l.local_port)),
+        );
+        ports.extend(
+            dynamic
+                .iter()
+                .map(|d| (format!("tunnel {name:?}"), d.bind.clone(), d.port)),
+        );
+        forward::distinct_ports(&ports)?;
         let a = AwsOptions {
             profile: t.profile.clone().or_else(|| aws.profile.clone()),
             region: t.region.clone().or_else(|| aws.region.clone()),

@@ -20,6 +20,13 @@ fn is_node_id(s: &str) -> bool {
     s.strip_prefix("i-").is_some_and(hex) || s.strip_prefix("mi-").is_some_and(hex)
 }
 
+/// Whether `raw` names a target by itself, without any alias (a node id, `ecs:...`,
+/// `tag:K=V`).
+pub fn is_literal(raw: &str) -> bool {
+    let raw = raw.trim();
+    is_node_id(raw) || raw.starts_with("ecs:") || raw.starts_with("tag:")
+}
+
 /// Reads TARGET, replacing an alias first (one level: an alias names a target, not an alias).
 pub fn parse(raw: &str, aliases: &BTreeMap<String, String>) -> Result<Target, String> {
     let raw = raw.trim();
@@ -60,6 +67,10 @@ pub async fn resolve(target: &Target, aws: &Aws) -> Result<String, String> {
 
 fn choose(key: &str, value: &str, nodes: Vec<(String, String)>) -> Result<String, String> {
     match nodes.as_slice() {
+        // `i-bogus`: meant as an id, but none (an id is i- or mi- and 8 or 17 hex digits).
+        [] if key == "Name" && (value.starts_with("i-") || value.starts_with("mi-")) => Err(format!(
+            "{value:?} is not a managed node id (i-/mi- followed by 8 or 17 hex digits, e.g. i-0123456789abcdef0), and no online managed node has it as its Name tag; check the id (aws ssm describe-instance-information)"
+        )),
         [] => Err(format!(
             "no online managed node has the tag {key}={value}; check the name, the region (--region) and that its SSM Agent is online (aws ssm describe-instance-information)"
         )),
@@ -137,6 +148,8 @@ mod tests {
 
     #[test]
     fn zero_or_several_matches_are_errors_that_list_them() {
+        let e = choose("Name", "i-bogus", vec![]).unwrap_err();
+        assert!(e.contains("\"i-bogus\" is not a managed node id"), "{e}");
         assert!(choose("Name", "x", vec![])
             .unwrap_err()
             .contains("no online"));

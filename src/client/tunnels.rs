@@ -119,8 +119,7 @@ impl Config {
         }
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read the config file {}: {e}", path.display()))?;
-        let file: File = toml::from_str(&text)
-            .map_err(|e| format!("{}: {}", path.display(), e.to_string().trim_end()))?;
+        let file = parse_file(&text).map_err(|e| format!("{}:{e}", path.display()))?;
         self.files.push(path.to_owned());
         let dir = path.parent().unwrap_or(Path::new("."));
         for inc in &file.include {
@@ -147,6 +146,64 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The keys a file and a tunnel may have.
+const FILE_KEYS: &[&str] = &["include", "aliases", "tunnels"];
+const TUNNEL_KEYS: &[&str] = &[
+    "target",
+    "forward",
+    "socks",
+    "profile",
+    "region",
+    "endpoint_url",
+];
+
+/// One file, or one line: `LINE:COL: what` (serde's unknown-field error names only the first
+/// key and the toml crate's errors are five-line drawings, so keys are checked here first).
+fn parse_file(text: &str) -> Result<File, String> {
+    let at = |e: &toml::de::Error| {
+        let (line, col) = e
+            .span()
+            .map(|r| {
+                let before = &text[..r.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                (line, col)
+            })
+            .unwrap_or((1, 1));
+        format!(
+            "{line}:{col}: {}",
+            e.message().trim_end().replace('\n', "; ")
+        )
+    };
+    let table: toml::Table = toml::from_str(text).map_err(|e| at(&e))?;
+    let mut unknown: Vec<String> = table
+        .keys()
+        .filter(|k| !FILE_KEYS.contains(&k.as_str()))
+        .map(|k| format!("`{k}`"))
+        .collect();
+    if let Some(toml::Value::Table(tunnels)) = table.get("tunnels") {
+        for (name, t) in tunnels {
+            if let toml::Value::Table(t) = t {
+                unknown.extend(
+                    t.keys()
+                        .filter(|k| !TUNNEL_KEYS.contains(&k.as_str()))
+                        .map(|k| format!("`{k}` in tunnel {name:?}")),
+                );
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(format!(
+            " unknown {}: {} (a file has {}; a tunnel has {})",
+            if unknown.len() == 1 { "key" } else { "keys" },
+            unknown.join(", "),
+            FILE_KEYS.join(", "),
+            TUNNEL_KEYS.join(", ")
+        ));
+    }
+    toml::from_str(text).map_err(|e| at(&e))
 }
 
 #[cfg(test)]
@@ -192,8 +249,20 @@ mod tests {
         .unwrap();
         let e = Config::load(&p, true).unwrap_err();
         assert!(e.contains("c.toml") && e.contains("\"x\""), "{e}");
-        std::fs::write(&p, "[tunnels.x]\ntarget = \"i-0\"\nfrwd = []\n").unwrap();
-        assert!(Config::load(&p, true).unwrap_err().contains("frwd"));
+        std::fs::write(&p, "[tunnels.x]\ntarget = \"i-0\"\nfrwd = []\nsox = []\n").unwrap();
+        let e = Config::load(&p, true).unwrap_err();
+        assert!(
+            e.contains("`frwd` in tunnel \"x\"") && e.contains("`sox` in tunnel \"x\""),
+            "every unknown key is named: {e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
+        std::fs::write(&p, "[tunnels.x]\ntarget = \"i-0\"\nforward = [\"1:2\"\n").unwrap();
+        let e = Config::load(&p, true).unwrap_err();
+        assert_eq!(e.lines().count(), 1, "one line: {e}");
+        assert!(e.contains("c.toml:3:"), "{e}");
+        std::fs::write(&p, "[tunnels.x]\ntarget = 5\nforward = [\"1:2\"]\n").unwrap();
+        let e = Config::load(&p, true).unwrap_err();
+        assert!(e.contains("c.toml:2:") && e.lines().count() == 1, "{e}");
         std::fs::write(&p, "include = [\"c.toml\"]\n").unwrap();
         assert!(Config::load(&p, true).unwrap_err().contains("loop"));
         assert!(Config::load(&d.path().join("missing.toml"), true).is_err());

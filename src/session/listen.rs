@@ -224,7 +224,7 @@ fn bind_tcp(addrs: &[IpAddr], port: u16) -> Result<(Vec<TcpListener>, u16), Stri
             }
             Err(e) if i == 0 => {
                 let hint = if e.kind() == io::ErrorKind::AddrInUse {
-                    "; another program uses that port: choose another localPortNumber (or 0 for any free port)"
+                    "; another program uses that port: choose another local port (localPortNumber, or -L's LOCAL_PORT; 0 for any free port)"
                 } else if e.kind() == io::ErrorKind::PermissionDenied {
                     "; ports below 1024 need privileges: choose a port above 1023"
                 } else {
