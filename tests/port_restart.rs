@@ -172,3 +172,47 @@ async fn restarting_can_be_turned_off() {
     assert!(out.stderr.contains("cannot be resumed"), "{out}");
     assert!(world.calls("StartSession").is_empty());
 }
+
+#[tokio::test]
+async fn giving_up_says_no_new_session_started_when_none_did() {
+    let world = World::start(unpaced_config()).await;
+    let (dport, _seen) = server("127.0.0.1", Behaviour::Echo).await;
+    let started = world.start_session(TARGET, Some(DOC), &[("portNumber", &dport.to_string())]);
+    let id = started.session_id.clone();
+    let request = serde_json::json!({
+        "Target": TARGET,
+        "DocumentName": DOC,
+        "Parameters": {"portNumber": [dport.to_string()]},
+    });
+    let home = Home::with_keys("default", KEY, SECRET);
+    let mut cmd = plugin_request(&world, &started, &home, "", &request, &world.api.url());
+    cmd.env("SESSION_MANAGER_PLUGIN_PORT_RESTARTS", "2");
+    let p = Running::spawn(cmd);
+    let port = p.port(&id, STEP).await;
+    echo_through(port, 1, 1024).await;
+    world.api.set_fault(
+        "ResumeSession",
+        Fault::error(400, "AccessDeniedException", "no"),
+    );
+    world.api.set_fault(
+        "StartSession",
+        Fault::error(400, "AccessDeniedException", "not allowed"),
+    );
+    assert!(world.sim.cut(&id));
+    let out = p.finish(STEP).await;
+    assert_eq!(out.status.code(), Some(69), "{out}");
+    assert!(
+        out.stderr
+            .contains("Giving up: 2 attempts to start a new session failed"),
+        "{out}"
+    );
+    // Lost after it had started: not a failure to start it.
+    assert!(
+        out.stderr.contains(&format!("Session {id} ended: ")),
+        "{out}"
+    );
+    assert!(
+        !out.stderr.contains("Cannot perform start session"),
+        "{out}"
+    );
+}

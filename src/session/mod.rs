@@ -121,6 +121,8 @@ const RESTART_MAX_DELAY: Duration = Duration::from_secs(30);
 /// Returns how the last session ended and its id.
 pub async fn run_forwarding(mut settings: Settings, restarts: u32) -> (Outcome, String) {
     let mut left = restarts;
+    // New sessions started since the budget last refilled.
+    let mut started_in_row = 0u32;
     loop {
         let began = Instant::now();
         let id = settings.args.response.session_id.clone();
@@ -139,11 +141,13 @@ pub async fn run_forwarding(mut settings: Settings, restarts: u32) -> (Outcome, 
         }
         if began.elapsed() >= RESTART_STABLE {
             left = restarts;
+            started_in_row = 0;
         }
         let why = match &outcome.report {
-            core::Report::Error(t) | core::Report::Plain(t) | core::Report::ServiceMessage(t) => {
-                t.trim().to_owned()
-            }
+            core::Report::Error(t)
+            | core::Report::Failed(t)
+            | core::Report::Plain(t)
+            | core::Report::ServiceMessage(t) => t.trim().to_owned(),
             _ => "the connection was lost".to_owned(),
         };
         settings.ui.warn(&format!(
@@ -156,8 +160,19 @@ pub async fn run_forwarding(mut settings: Settings, restarts: u32) -> (Outcome, 
         let mut signals = signals::Signals::install();
         let next = loop {
             if left == 0 {
+                // Say what really happened: sessions that started and were lost again, or
+                // attempts of which none started.
+                let what = if started_in_row == 0 {
+                    format!("{restarts} attempts to start a new session failed")
+                } else {
+                    format!(
+                        "of {restarts} attempts to carry on in a new session, {started_in_row} started and were lost within {} s, {} did not start",
+                        RESTART_STABLE.as_secs(),
+                        restarts.saturating_sub(started_in_row)
+                    )
+                };
                 settings.ui.warn(&format!(
-                    "Giving up after {restarts} new sessions in a row ({}).",
+                    "Giving up: {what} (at most {restarts} in a row; {} sets it).",
                     crate::config::ENV_PORT_RESTARTS
                 ));
                 return (outcome, id);
@@ -174,7 +189,10 @@ pub async fn run_forwarding(mut settings: Settings, restarts: u32) -> (Outcome, 
             }
             delay = (delay * 2).min(RESTART_MAX_DELAY);
             match settings.aws.start_session(&request).await {
-                Ok((response, region)) => break settings.for_new_session(response, region),
+                Ok((response, region)) => {
+                    started_in_row += 1;
+                    break settings.for_new_session(response, region);
+                }
                 Err(e) => settings
                     .ui
                     .warn(&format!("Cannot start a new session: {e}")),
@@ -197,6 +215,7 @@ pub fn print_end(ui: Ui, session_id: &str, outcome: &Outcome) {
             let _ = ui.status(&format!("\n\nSessionId: {session_id} : {output}\n\n"));
         }
         core::Report::Error(text) => eprintln!("\nCannot perform start session: {text}\n"),
+        core::Report::Failed(text) => eprintln!("\nSession {session_id} ended: {text}\n"),
         // The reference's own words when ResumeSession says the session is over, or a
         // handler's complete message.
         core::Report::Plain(text) => eprintln!("\n{}\n", text.trim_matches('\n')),

@@ -392,7 +392,13 @@ impl Session {
         }
     }
 
-    pub(super) fn finish(&mut self, outcome: Outcome) {
+    pub(super) fn finish(&mut self, mut outcome: Outcome) {
+        // An error after the agent started the session is no failure to start it.
+        if self.kind.is_some() {
+            if let Report::Error(text) = outcome.report {
+                outcome.report = Report::Failed(text);
+            }
+        }
         self.phase = Phase::Ended;
         self.link = Link::Gone;
         self.held.clear();

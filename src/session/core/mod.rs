@@ -158,8 +158,11 @@ pub enum Report {
     Exiting,
     /// The service's closing message: `SessionId: X : message` (a status line).
     ServiceMessage(String),
-    /// `Cannot perform start session: <text>` on stderr.
+    /// `Cannot perform start session: <text>` on stderr: the session never started.
     Error(String),
+    /// `Session <id> ended: <text>` on stderr: it had started, then failed (lost for good, a
+    /// broken protocol, output that could not be written).
+    Failed(String),
     /// A line of its own on stderr (the reference's `Session: X timed out.`).
     Plain(String),
     /// Nothing (nobody reads stdout any more).

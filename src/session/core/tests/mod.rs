@@ -243,7 +243,7 @@ fn a_local_write_error_ends_the_session_and_tells_the_agent() {
     w.settle();
     let o = w.outcome().expect("ended");
     assert_eq!(o.exit, Exit::Io);
-    assert!(matches!(&o.report, Report::Error(t) if t.contains("No space left on device")));
+    assert!(matches!(&o.report, Report::Failed(t) if t.contains("No space left on device")));
 }
 
 #[test]
@@ -308,7 +308,7 @@ fn resume_budget_runs_out_error_with_the_reconnect_figures() {
     let o = w.outcome().expect("gave up");
     assert_eq!(o.exit, Exit::Unavailable);
     assert!(
-        matches!(&o.report, Report::Error(t) if t.contains("within 120 s") && t.contains("connect timed out") && t.contains("SESSION_MANAGER_PLUGIN_RECONNECT_TIMEOUT")),
+        matches!(&o.report, Report::Failed(t) if t.contains("within 120 s") && t.contains("connect timed out") && t.contains("SESSION_MANAGER_PLUGIN_RECONNECT_TIMEOUT")),
         "{o:?}"
     );
     assert!(o.lost);
@@ -331,7 +331,7 @@ fn a_final_resume_answer_ends_the_outage_at_once() {
     w.settle();
     let o = w.outcome().expect("ended at once");
     assert_eq!(o.exit, Exit::Unavailable);
-    assert!(matches!(&o.report, Report::Error(t) if t.contains("cannot be resumed")));
+    assert!(matches!(&o.report, Report::Failed(t) if t.contains("cannot be resumed")));
     assert!(o.lost, "a port forward may carry on in a new session");
 }
 
