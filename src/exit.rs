@@ -29,7 +29,8 @@ pub enum Exit {
     NoPerm,
     /// 130: Ctrl-C before the session had started.
     Interrupted,
-    /// 128 + N: ended by signal N (SIGHUP 129, SIGTERM 143), after telling the agent.
+    /// 128 + N: ended by signal N (SIGHUP 129, SIGQUIT before the session started 131,
+    /// SIGTERM 143), after telling the agent.
     Signal(i32),
 }
 

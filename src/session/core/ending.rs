@@ -192,13 +192,18 @@ impl Session {
                 );
             }
             (_, Signal::Interrupt | Signal::Quit) => {
-                // Before the session started: the user gives up waiting.
+                // Before the session started: the user gives up waiting. Ctrl-C's status is
+                // 130; SIGQUIT's is its own, 131, as a shell reports it.
+                let exit = match sig {
+                    Signal::Quit => Exit::Signal(sig.number()),
+                    _ => Exit::Interrupted,
+                };
                 self.begin_end(
                     now,
                     Mode::Tell,
                     Outcome {
                         lost: false,
-                        exit: Exit::Interrupted,
+                        exit,
                         report: Report::Exiting,
                     },
                 );

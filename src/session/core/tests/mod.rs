@@ -205,6 +205,25 @@ fn sigint_before_the_session_started_gives_up_waiting() {
 }
 
 #[test]
+fn sigquit_before_the_session_started_gives_up_with_131() {
+    let mut w = World::connected();
+    w.local(Local::Signal(Signal::Quit));
+    w.advance(TERMINATE_TIMEOUT);
+    assert_eq!(w.outcome().map(|o| o.exit), Some(Exit::Signal(3)));
+    assert_eq!(Exit::Signal(3).code(), 131);
+}
+
+#[test]
+fn sigquit_in_a_port_session_ends_it_as_ctrl_c_does() {
+    for sig in [Signal::Interrupt, Signal::Quit] {
+        let mut w = World::port();
+        w.local(Local::Signal(sig));
+        w.advance(TERMINATE_TIMEOUT);
+        assert_eq!(w.outcome().map(|o| o.exit), Some(Exit::Normal), "{sig:?}");
+    }
+}
+
+#[test]
 fn a_second_sigterm_while_ending_leaves_at_once() {
     let mut w = World::shell();
     w.acks = false;
