@@ -530,3 +530,88 @@ fn completions_and_usage_errors() {
     assert_eq!(legacy.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&legacy.stderr).contains("Unknown operation frobnicate"));
 }
+
+/// A raw SOCKS5 CONNECT to `host:port` (by name) through `proxy`: the reply's REP byte and the
+/// connection, positioned after the reply.
+async fn socks5_connect(proxy: &str, host: &str, port: u16) -> (u8, tokio::net::TcpStream) {
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    s.write_all(&[5, 1, 0]).await.unwrap();
+    let mut method = [0u8; 2];
+    s.read_exact(&mut method).await.unwrap();
+    assert_eq!(method, [5, 0], "no authentication");
+    let mut req = vec![5, 1, 0, 3, host.len() as u8];
+    req.extend_from_slice(host.as_bytes());
+    req.extend_from_slice(&port.to_be_bytes());
+    s.write_all(&req).await.unwrap();
+    let mut reply = [0u8; 10];
+    tokio::time::timeout(STEP, s.read_exact(&mut reply))
+        .await
+        .expect("a SOCKS5 reply in time")
+        .expect("a whole SOCKS5 reply");
+    assert_eq!(reply[0], 5, "{reply:?}");
+    (reply[1], s)
+}
+
+#[tokio::test]
+async fn socks5_refuses_a_destination_the_agent_cannot_reach() {
+    let world = World::start(unpaced_config()).await;
+    let home = Home::with_keys("default", KEY, SECRET);
+    // A port nothing listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (echo, _) = server("127.0.0.1", Behaviour::Echo).await;
+    let (source, _) = server(
+        "127.0.0.1",
+        Behaviour::Source {
+            seed: 21,
+            len: 100_000,
+        },
+    )
+    .await;
+    let p = Running::spawn(standalone(&world, &home, &["forward", TARGET, "-D", "0"]));
+    let proxy = forward_lines(&p, 1).await[0].0.clone();
+
+    // Refused: on the destination's new session, then again on the session it keeps.
+    for attempt in 0..2 {
+        let (rep, mut s) = socks5_connect(&proxy, "127.0.0.1", closed).await;
+        assert!(
+            rep == 5 || rep == 4,
+            "attempt {attempt}: REP {rep}, not connection refused / host unreachable\n{}",
+            p.stderr()
+        );
+        let mut rest = Vec::new();
+        let end = tokio::time::timeout(STEP, s.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(end, Ok(Err(_)) | Ok(Ok(0))),
+            "the refused connection is closed: {end:?} {rest:?}"
+        );
+    }
+
+    // A working destination is still granted, and its bytes flow both ways.
+    let (rep, s) = socks5_connect(&proxy, "127.0.0.1", echo).await;
+    assert_eq!(rep, 0, "{}", p.stderr());
+    let (mut r, mut w) = s.into_split();
+    let reader = tokio::spawn(async move { port_common::read_hash(&mut r, 200_000).await });
+    let sent = port_common::write_gen(&mut w, 5, 200_000).await;
+    let (n, got) = tokio::time::timeout(STEP, reader).await.unwrap().unwrap();
+    assert_eq!((n, got), (200_000, sent), "echoed through the proxy");
+    w.shutdown().await.unwrap();
+
+    // A destination that speaks first: the success reply comes before its bytes.
+    let (rep, mut s) = socks5_connect(&proxy, "127.0.0.1", source).await;
+    assert_eq!(rep, 0, "{}", p.stderr());
+    let (n, got) = tokio::time::timeout(STEP, port_common::read_hash(&mut s, 200_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        (n, got),
+        (100_000, port_common::gen_hash(21, 100_000)),
+        "the destination's bytes, whole, after the reply"
+    );
+
+    p.signal(libc::SIGTERM);
+    let out = p.finish(STEP).await;
+    assert_eq!(out.status.code(), Some(143), "{out}");
+}

@@ -4,22 +4,28 @@
 //! here: the agent connects to them, so `curl --socks5-hostname` reaches names only the
 //! target's network knows.
 //!
+//! The success reply waits until the destination is known to be reached, as far as the
+//! protocol can tell: see [`confirm`].
+//!
 //! Written here rather than taken from a crate: the maintained SOCKS crates are clients or
 //! full servers that dial the destination themselves; what is needed is only the handshake, a
 //! few dozen lines, before the connection is handed to a session.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 
 use super::spec::DynamicForward;
@@ -33,12 +39,17 @@ use crate::ui::Ui;
 
 /// How long a client has for its greeting and request.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a connection waits for its destination's session to start.
+/// How long a connection waits for its destination's session to start (and, once started, to
+/// take the connection).
 const START_WAIT: Duration = Duration::from_secs(60);
+/// How long after its stream opens a connection is granted without word from the destination
+/// (see [`confirm`]): a refused dial comes back within a round trip to the agent.
+const CONFIRM_WAIT: Duration = Duration::from_millis(200);
 
 /// Reply codes (RFC 1928 section 6).
 const REP_OK: u8 = 0;
 const REP_FAILURE: u8 = 1;
+const REP_REFUSED: u8 = 5;
 const REP_COMMAND: u8 = 7;
 const REP_ADDRESS: u8 = 8;
 
@@ -292,35 +303,192 @@ async fn serve(
             dests.borrow_mut().remove(&dest);
             continue;
         }
-        reply(&mut stream, REP_OK)
-            .await
-            .map_err(|e| format!("the client went away: {e}"))?;
         let peer = stream
             .peer_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let (r, w) = stream.into_split();
+        let (r, mut w) = stream.into_split();
+        let probe = Arc::new(Probe::default());
+        let (mut give, held) = oneshot::channel();
         let conn = LocalConn {
             read: Box::pin(Tracked {
-                inner: r,
+                inner: Opening {
+                    inner: r,
+                    probe: Some(probe.clone()),
+                },
                 _live: live.clone(),
             }),
             write: Box::pin(Tracked {
-                inner: w,
+                inner: Held {
+                    inner: None,
+                    held,
+                    probe: Some(probe.clone()),
+                },
                 _live: live,
             }),
             peer,
         };
-        return match tx.send(conn).await {
-            Ok(()) => Ok(()),
-            Err(_) => Err(format!(
+        if tx.send(conn).await.is_err() {
+            let _ = reply(&mut w, REP_FAILURE).await;
+            return Err(format!(
                 "the session for {}:{} ended as the connection arrived",
                 dest.host, dest.port
-            )),
-        };
+            ));
+        }
+        let code = confirm(&probe, &mut give, &tx).await;
+        let sent = reply(&mut w, code).await;
+        if code != REP_OK {
+            // Dropping `give` fails the session's writes, so it closes the stream too.
+            let _ = w.shutdown().await;
+            let why = match code {
+                REP_REFUSED => "the agent could not connect to it",
+                _ => "its session ended or did not take the connection",
+            };
+            return Err(format!("{}:{}: {why}", dest.host, dest.port));
+        }
+        sent.map_err(|e| format!("the client went away: {e}"))?;
+        // Fails only if the session already dropped the connection: nothing left to do.
+        let _ = give.send(w);
+        return Ok(());
     }
     let _ = reply(&mut stream, REP_FAILURE).await;
     Err(format!("no session for {}:{}", dest.host, dest.port))
+}
+
+/// Decides the reply to a connection handed to its session, before any destination byte reaches
+/// the client.
+///
+/// Nothing in the protocol says "connected": the session opens an smux stream and the agent
+/// dials the destination. Only a failed dial is reported: the agent sends `ConnectToPortError`
+/// and closes the stream, which the session turns into dropping our write half unwritten (or
+/// shutting it, if the FIN overtook the flag). The flag carries no reason, so a failed dial is
+/// 0x05 (refused), never 0x04. Success is therefore inferred, at the first of:
+/// - the session writes to the client (the destination sent a byte): it is connected;
+/// - [`CONFIRM_WAIT`] passes after the session took the connection (its reader started, so the
+///   stream is open) without a failure: many protocols have the client speak first, and the
+///   client waits for this reply, so waiting for data alone could wait forever.
+///
+/// A dial slower than [`CONFIRM_WAIT`] that then fails still gets success and then a close.
+/// Basic mode (older agents) dials when the session starts and ends the session if that fails:
+/// the reason does not reach here, so that is 0x01 (general failure); later connections there
+/// are dialled on the client's first bytes, after the reply.
+async fn confirm(
+    probe: &Probe,
+    give: &mut oneshot::Sender<OwnedWriteHalf>,
+    tx: &mpsc::Sender<LocalConn>,
+) -> u8 {
+    let opened = async {
+        if tokio::time::timeout(START_WAIT, probe.opened.notified())
+            .await
+            .is_err()
+        {
+            return REP_FAILURE;
+        }
+        tokio::time::sleep(CONFIRM_WAIT).await;
+        REP_OK
+    };
+    tokio::select! {
+        biased;
+        // The session dropped the connection unwritten: a failed dial, unless the whole session
+        // is gone.
+        _ = give.closed() => if tx.is_closed() { REP_FAILURE } else { REP_REFUSED },
+        _ = probe.wants.notified() => {
+            if probe.fin_first.load(Ordering::SeqCst) {
+                REP_REFUSED
+            } else {
+                REP_OK
+            }
+        }
+        code = opened => code,
+    }
+}
+
+/// What the session did with a connection whose reply is not sent yet.
+#[derive(Default)]
+struct Probe {
+    /// The session started reading the client: it opened the connection's stream.
+    opened: Notify,
+    /// The session has something to write to the client (destination bytes or a FIN).
+    wants: Notify,
+    /// ... and it was a FIN, before any byte: the destination did not take the connection.
+    fin_first: AtomicBool,
+}
+
+/// The read half: tells the probe when the session first reads it.
+struct Opening<R> {
+    inner: R,
+    probe: Option<Arc<Probe>>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Opening<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Some(p) = self.probe.take() {
+            p.opened.notify_one();
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+/// The write half, held by [`serve`] until the reply is sent: the session's first write (or
+/// shutdown) tells the probe and waits for it. Dropping it unwritten tells [`confirm`] too.
+struct Held {
+    inner: Option<OwnedWriteHalf>,
+    held: oneshot::Receiver<OwnedWriteHalf>,
+    probe: Option<Arc<Probe>>,
+}
+
+impl Held {
+    /// The write half, once [`serve`] gives it (after a success reply).
+    fn poll_half(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        fin: bool,
+    ) -> Poll<io::Result<&mut OwnedWriteHalf>> {
+        let w = match self.inner.take() {
+            Some(w) => w,
+            None => {
+                if let Some(p) = self.probe.take() {
+                    p.fin_first.store(fin, Ordering::SeqCst);
+                    p.wants.notify_one();
+                }
+                match std::task::ready!(Pin::new(&mut self.held).poll(cx)) {
+                    Ok(w) => w,
+                    Err(_) => {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::ConnectionRefused,
+                            "the SOCKS5 connection was not granted",
+                        )))
+                    }
+                }
+            }
+        };
+        Poll::Ready(Ok(self.inner.insert(w)))
+    }
+}
+
+impl AsyncWrite for Held {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let w = std::task::ready!(self.poll_half(cx, false))?;
+        Pin::new(w).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.inner.as_mut() {
+            Some(w) => Pin::new(w).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        let w = std::task::ready!(self.poll_half(cx, true))?;
+        Pin::new(w).poll_shutdown(cx)
+    }
 }
 
 /// Starts the session of a new destination in the background.

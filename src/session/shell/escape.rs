@@ -10,7 +10,7 @@ pub const ESCAPE: u8 = b'~';
 
 /// The list `~?` prints (CR LF: the terminal is in raw input mode, and `\r\n` is right in
 /// any output mode).
-pub const HELP: &str = "Supported escape sequences:\r\n  ~.  - end the session\r\n  ~?  - this message\r\n  ~~  - send the escape character by typing it twice\r\n  ~-  - turn escapes off for the rest of the session\r\n(Escapes are only recognized immediately after a newline.)\r\n";
+pub const HELP: &str = "Supported escape sequences:\r\n  ~.  - end the session\r\n  ~?  - this message\r\n  ~~  - send the escape character by typing it twice\r\n  ~-  - turn escapes off for the rest of the session\r\n(Escapes are recognized at the start of a line: after Enter, or at the start of the session.)\r\n";
 
 /// What the typed bytes mean.
 #[derive(Debug, Clone, PartialEq, Eq)]
