@@ -5,8 +5,14 @@ use std::time::Duration;
 
 use crate::channel;
 
-/// Moves the `Starting session...`/`Exiting session...` lines to stderr when set to `stderr`.
+/// Comma-separated: `stderr` moves the `Starting session...`/`Exiting session...` lines to
+/// stderr; `notices` shows the reconnection notices on stderr even when it is not a terminal.
 pub const ENV_MESSAGES: &str = "SESSION_MANAGER_PLUGIN_MESSAGES";
+/// Seconds of silence (either way) on the websocket before a ping; 0 turns the keepalive and
+/// the liveness check off.
+pub const ENV_KEEPALIVE: &str = "SESSION_MANAGER_PLUGIN_KEEPALIVE";
+/// Seconds a ping may go unanswered before the link counts as dead and is resumed.
+pub const ENV_LIVENESS_TIMEOUT: &str = "SESSION_MANAGER_PLUGIN_LIVENESS_TIMEOUT";
 /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter string).
 pub const ENV_LOG: &str = "SESSION_MANAGER_PLUGIN_LOG";
 /// Log to this file instead of stderr.
@@ -50,6 +56,10 @@ pub use crate::channel::DEFAULT_FRAME_RATE;
 pub struct Env {
     /// Status lines on stderr.
     pub messages_to_stderr: bool,
+    /// Reconnection notices on stderr even when it is not a terminal.
+    pub notices: bool,
+    /// The websocket's liveness checks; `None`: off.
+    pub liveness: Option<crate::session::core::LivenessConfig>,
     /// Log filter.
     pub log: Option<String>,
     /// Log file.
@@ -141,18 +151,42 @@ impl Env {
             1000,
             " (attempts)",
         ) as u32;
-        let messages = get(ENV_MESSAGES).filter(|v| !v.trim().is_empty());
-        let messages_to_stderr = match messages.as_deref().map(str::trim) {
-            None => false,
-            Some(v) if v.eq_ignore_ascii_case("stderr") => true,
-            Some(v) if v.eq_ignore_ascii_case("stdout") => false,
-            Some(v) => {
-                warnings.push(format!(
-                    "Warning: {ENV_MESSAGES}={v} is neither stdout nor stderr; using stdout."
-                ));
-                false
+        use crate::session::core::liveness;
+        let keepalive = num(
+            ENV_KEEPALIVE,
+            liveness::DEFAULT_KEEPALIVE.as_secs(),
+            0,
+            3600,
+            " (seconds)",
+        );
+        let liveness_timeout = num(
+            ENV_LIVENESS_TIMEOUT,
+            liveness::DEFAULT_TIMEOUT.as_secs(),
+            1,
+            3600,
+            " (seconds)",
+        );
+        let liveness = (keepalive > 0).then(|| crate::session::core::LivenessConfig {
+            keepalive: Duration::from_secs(keepalive),
+            timeout: Duration::from_secs(liveness_timeout),
+        });
+        let mut messages_to_stderr = false;
+        let mut notices = false;
+        let raw_messages = get(ENV_MESSAGES).unwrap_or_default();
+        for v in raw_messages
+            .split(',')
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+        {
+            match v.to_ascii_lowercase().as_str() {
+                "stderr" => messages_to_stderr = true,
+                "stdout" => messages_to_stderr = false,
+                "notices" => notices = true,
+                _ => warnings.push(format!(
+                    "Warning: {ENV_MESSAGES}={raw_messages}: {v:?} is none of stdout, stderr, notices; ignored."
+                )),
             }
-        };
+        }
         let log = get(ENV_LOG).filter(|v| !v.is_empty());
         if let Some(l) = &log {
             if log_filter(l).is_none() {
@@ -163,6 +197,8 @@ impl Env {
         }
         Self {
             messages_to_stderr,
+            notices,
+            liveness,
             log,
             log_file: get(ENV_LOG_FILE).filter(|v| !v.is_empty()),
             frame_rate,
@@ -342,6 +378,21 @@ mod tests {
         assert!(w.contains("SESSION_MANAGER_PLUGIN_MESSAGES=screen"), "{w}");
         assert!(w.contains("SESSION_MANAGER_PLUGIN_LOG=loud["), "{w}");
         assert!(Env::from_fn(|_| None).warnings.is_empty());
+        let env = Env::from_fn(|k| match k {
+            "SESSION_MANAGER_PLUGIN_MESSAGES" => Some("stderr, notices".into()),
+            "SESSION_MANAGER_PLUGIN_KEEPALIVE" => Some("0".into()),
+            _ => None,
+        });
+        assert!(env.messages_to_stderr && env.notices && env.liveness.is_none());
+        assert!(env.warnings.is_empty(), "{:?}", env.warnings);
+        let env = Env::from_fn(|k| match k {
+            "SESSION_MANAGER_PLUGIN_KEEPALIVE" => Some("4".into()),
+            "SESSION_MANAGER_PLUGIN_LIVENESS_TIMEOUT" => Some("3".into()),
+            _ => None,
+        });
+        let l = env.liveness.expect("on");
+        assert_eq!((l.keepalive.as_secs(), l.timeout.as_secs()), (4, 3));
+        assert!(!env.notices);
     }
 
     #[test]

@@ -138,6 +138,7 @@ pub fn session_machine(data: &[u8]) -> Duration {
         start_timeout: crate::config::DEFAULT_START_TIMEOUT,
         legacy_cli: false,
         initial_size: None,
+        liveness: Some(crate::session::core::LivenessConfig::default()),
     };
     let mut s = Session::new(cfg, t0, EPOCH);
     let mut now = t0;

@@ -49,9 +49,7 @@ fn run_session(args: cli::SessionArgs) -> ExitCode {
     for w in &settings_env.warnings {
         eprintln!("{w}");
     }
-    let ui = Ui {
-        to_stderr: settings_env.messages_to_stderr,
-    };
+    let ui = Ui::new(settings_env.messages_to_stderr, &settings_env);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

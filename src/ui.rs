@@ -8,9 +8,22 @@ use std::io::{IsTerminal, Write};
 pub struct Ui {
     /// Status lines on stderr instead of stdout (`SESSION_MANAGER_PLUGIN_MESSAGES=stderr`).
     pub to_stderr: bool,
+    /// Reconnection notices on stderr: on a terminal, or when `SESSION_MANAGER_PLUGIN_MESSAGES`
+    /// has `notices`. Tools that drive the plugin read stderr, and some (Ansible's aws_ssm
+    /// connection) take any byte there during a session for a failure and run the task again:
+    /// a resume the user never needed to know about must not say a word to them.
+    pub notices: bool,
 }
 
 impl Ui {
+    /// The settings of `env`, status lines on stderr when `to_stderr`.
+    pub fn new(to_stderr: bool, env: &crate::config::Env) -> Self {
+        Self {
+            to_stderr,
+            notices: env.notices || std::io::stderr().is_terminal(),
+        }
+    }
+
     /// Prints a status line such as `Starting session with SessionId: X`, byte-identical to the
     /// reference, where scripts look for it. The error is the caller's to act on where the line
     /// matters (a port session's `Port N opened`): see [`crate::session::handler::output_error`].
@@ -36,6 +49,10 @@ impl Ui {
     /// A notice on stderr while a session runs. A shell may have the terminal in raw mode,
     /// where a bare `\n` does not return the cursor, so lines end with `\r\n` on a terminal.
     pub fn notice(&self, text: &str) {
+        if !self.notices {
+            tracing::info!("{}", text.trim());
+            return;
+        }
         let mut e = std::io::stderr().lock();
         let text = if e.is_terminal() {
             format!("{}\r\n", text.replace('\n', "\r\n"))

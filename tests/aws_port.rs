@@ -53,6 +53,8 @@ async fn transfer_through_cuts(agent_version: &str) {
     let id = started.session_id.clone();
     let home = Home::with_keys("default", KEY, SECRET);
     let mut cmd = plugin(&world, &started, &home, "", TARGET, &world.api.url());
+    // The resume notices are asked for: stderr is no terminal here.
+    cmd.env("SESSION_MANAGER_PLUGIN_MESSAGES", "notices");
     // The debug log of a long transfer is big and slows the debug build; errors are enough.
     cmd.env("SESSION_MANAGER_PLUGIN_LOG", "info");
     let p = Running::spawn(cmd);

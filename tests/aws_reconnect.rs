@@ -48,14 +48,10 @@ async fn a_shell_survives_three_cuts_and_the_hourly_bye() {
     let started = world.start_session(TARGET, None, &[]);
     let id = started.session_id.clone();
     let home = Home::with_keys("default", KEY, SECRET);
-    let mut p = Running::spawn(plugin(
-        &world,
-        &started,
-        &home,
-        "",
-        TARGET,
-        &world.api.url(),
-    ));
+    let mut cmd = plugin(&world, &started, &home, "", TARGET, &world.api.url());
+    // The resume notices are asked for: stderr is no terminal here.
+    cmd.env("SESSION_MANAGER_PLUGIN_MESSAGES", "notices");
+    let mut p = Running::spawn(cmd);
     p.write(b"V=kept-42\n").await;
     check_state(&mut p, 0).await;
 
@@ -149,6 +145,8 @@ async fn credentials_rewritten_on_disk_are_used_to_resume() {
     p.write(b"exit\n").await;
     let out = p.finish(LIMIT).await;
     assert!(out.status.success(), "{out}");
+    // stderr is no terminal (a tool drives the plugin): the resumes are not its business.
+    assert_eq!(out.stderr, "", "{out}");
 
     let signers: Vec<String> = world
         .calls("ResumeSession")
@@ -226,7 +224,10 @@ async fn resume_session_failing_gives_up_clearly_with_exit_69() {
     let out = shell_losing_its_link(
         &world,
         &started,
-        &[("SESSION_MANAGER_PLUGIN_RECONNECT_TIMEOUT", "3")],
+        &[
+            ("SESSION_MANAGER_PLUGIN_RECONNECT_TIMEOUT", "3"),
+            ("SESSION_MANAGER_PLUGIN_MESSAGES", "notices"),
+        ],
         false,
     )
     .await;

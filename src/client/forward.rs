@@ -90,7 +90,7 @@ pub(crate) async fn run(
     distinct_ports(&ports)?;
     let api = super::api(aws).await?;
     // Status lines (ours and the sessions') go to stderr: stdout stays free.
-    let ui = Ui { to_stderr: true };
+    let ui = Ui::new(true, env);
 
     // 1. Targets and listeners, before any session exists.
     let mut locals = Vec::new();

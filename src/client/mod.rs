@@ -391,9 +391,7 @@ async fn connect(
         reason,
         parameters: parameters_json(parameters)?,
     };
-    let ui = Ui {
-        to_stderr: env.messages_to_stderr,
-    };
+    let ui = Ui::new(env.messages_to_stderr, env);
     let settings = start(env, aws, &api, request, ui).await?;
     let (outcome, id) = session::run_forwarding(settings, env.port_restarts).await;
     crate::term::restore();
@@ -446,7 +444,7 @@ async fn exec(
         parameters,
     };
     // Our status lines go to stderr: stdout is the command's alone.
-    let ui = Ui { to_stderr: true };
+    let ui = Ui::new(true, env);
     let settings = start(env, aws, &api, request, ui).await?;
     let id = settings.args.response.session_id.clone();
     let outcome = session::run(settings).await;

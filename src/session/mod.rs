@@ -18,6 +18,7 @@ pub mod listen;
 pub mod port;
 pub mod shell;
 pub(crate) mod signals;
+mod wake;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -61,6 +62,8 @@ pub struct Settings {
     pub reconnect_timeout: Duration,
     /// How long the agent has to start the session.
     pub start_timeout: Duration,
+    /// The websocket's liveness checks (keepalive pings, dead-link detection); `None`: off.
+    pub liveness: Option<core::LivenessConfig>,
     /// Hosts besides AWS's and loopback the token may be sent to.
     pub allowed_hosts: Option<String>,
     /// The user's bind address for port listeners.
@@ -89,6 +92,7 @@ impl Settings {
             aws: Aws::new(&args),
             reconnect_timeout: env.reconnect_timeout,
             start_timeout: env.start_timeout,
+            liveness: env.liveness,
             allowed_hosts: env.allowed_hosts.clone(),
             bind_address: env.bind_address.clone(),
             listener: Default::default(),
@@ -245,6 +249,7 @@ pub async fn run(settings: Settings) -> Outcome {
             start_timeout: settings.start_timeout,
             legacy_cli: settings.args.legacy_cli,
             initial_size: shell::initial_size(),
+            liveness: settings.liveness,
         },
         Instant::now().into_std(),
         unix_ms(),
@@ -261,8 +266,12 @@ pub async fn run(settings: Settings) -> Outcome {
     let mut stash: Option<FromAgent> = None;
     let mut stopping = false;
 
+    let mut wake = wake::Check::new();
     loop {
         let now = Instant::now().into_std();
+        if let Some(slept) = wake.slept() {
+            s.woke(now, slept);
+        }
         // Outputs: events (which may start the handler), deliveries (which may queue events).
         loop {
             while let Some(ev) = s.poll_event() {
@@ -328,6 +337,14 @@ pub async fn run(settings: Settings) -> Outcome {
                             }
                         }));
                     }
+                    Event::Ping => {
+                        if let Some(l) = &link {
+                            // A full writer queue is a stuck link: the deadline tells.
+                            let _ = l
+                                .tx
+                                .try_send(Message::Ping(bytes::Bytes::from_static(b"liveness")));
+                        }
+                    }
                     Event::Status(t) => {
                         let _ = ui.status(&t);
                     }
@@ -389,6 +406,7 @@ pub async fn run(settings: Settings) -> Outcome {
                 let now = Instant::now().into_std();
                 match input {
                     Some(LinkIn::Frame(bytes)) => s.handle_frame(now, &bytes),
+                    Some(LinkIn::Alive) => s.link_alive(now),
                     Some(LinkIn::Lost { reason, refused }) => {
                         link = None;
                         s.transport_lost(now, &reason, refused);

@@ -15,7 +15,8 @@ use super::{ConnectOptions, TransportError};
 use crate::cli::{Secret, WIRE_VERSION};
 use crate::wire::OpenDataChannelInput;
 
-/// Websocket ping interval, as the reference.
+/// Websocket ping interval, as the reference; the session's liveness checks ping far more often
+/// (`session::core::liveness`) unless they are turned off.
 pub const PING_INTERVAL: Duration = Duration::from_secs(300);
 /// After a failed write, how long the reader gets to deliver what is already received.
 const WRITE_FAILURE_GRACE: Duration = Duration::from_secs(1);
@@ -25,6 +26,8 @@ const WRITE_FAILURE_GRACE: Duration = Duration::from_secs(1);
 pub enum LinkIn {
     /// A binary (or text) websocket message.
     Frame(Vec<u8>),
+    /// A pong (or the service's ping): the link works, though it carried no frame.
+    Alive,
     /// The connection ended.
     Lost {
         /// Why, for the user.
@@ -113,6 +116,12 @@ impl Link {
                             }
                             None => "closed by the service".to_owned(),
                         }
+                    }
+                    Some(Ok(Message::Pong(_) | Message::Ping(_))) => {
+                        if rtx.send(LinkIn::Alive).await.is_err() {
+                            return;
+                        }
+                        continue;
                     }
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => break format!("read failed: {e}"),

@@ -72,6 +72,8 @@ pub struct Config {
     pub legacy_cli: bool,
     /// The local terminal's size, sent first when the user is at a terminal.
     pub initial_size: Option<SizeData>,
+    /// Liveness checks of the websocket (see [`liveness`]); `None`: off.
+    pub liveness: Option<LivenessConfig>,
 }
 
 /// A local signal, already read by the driver.
@@ -135,9 +137,11 @@ pub enum Local {
 }
 
 pub use crate::aws::ResumeFailure;
+pub use liveness::LivenessConfig;
 pub use outage::{classify_resume, ResumeVerdict};
 
 mod ending;
+pub mod liveness;
 mod outage;
 mod start;
 #[cfg(test)]
@@ -233,6 +237,8 @@ pub enum Event {
     Warn(String),
     /// A notice on stderr while the session runs (reconnection).
     Notice(String),
+    /// Send a websocket Ping on the current link (liveness check and keepalive).
+    Ping,
     /// The session is over: exit with this.
     Ended(Outcome),
 }
@@ -338,6 +344,8 @@ pub struct Session {
     remote_exit: Option<i32>,
     type_deadline: Instant,
     held: VecDeque<(PayloadType, Bytes)>,
+    /// The current link's liveness timers (`None` while no link is up, or when off).
+    live: Option<liveness::Liveness>,
     inbox: VecDeque<Inbox>,
     events: VecDeque<Event>,
 }
@@ -378,6 +386,7 @@ impl Session {
             outage_start: None,
             remote_exit: None,
             held: VecDeque::new(),
+            live: None,
             inbox: VecDeque::new(),
             events: VecDeque::from([Event::Connect]),
         }
@@ -420,14 +429,17 @@ impl Session {
         if !matches!(self.link, Link::Up { .. }) || self.is_ended() {
             return None;
         }
-        if let Some(f) = self.ch.poll_transmit(now) {
-            return Some(f);
+        let frame = match self.ch.poll_transmit(now) {
+            Some(f) => Some(f),
+            None if self.refill(now) => self.ch.poll_transmit(now),
+            None => None,
+        };
+        if frame.is_some() {
+            if let Some(l) = &mut self.live {
+                l.sent(now);
+            }
         }
-        if self.refill(now) {
-            self.ch.poll_transmit(now)
-        } else {
-            None
-        }
+        frame
     }
 
     /// Moves held data into the channel as far as it takes it; whether anything moved.
@@ -502,7 +514,10 @@ impl Session {
                 at(Some(*deadline));
                 at(*retry_at);
             }
-            Link::Up { .. } => at(self.ch.poll_timeout()),
+            Link::Up { .. } => {
+                at(self.ch.poll_timeout());
+                at(self.live.as_ref().map(|l| l.poll_timeout()));
+            }
             Link::Gone => {}
         }
         t
@@ -516,11 +531,35 @@ impl Session {
         if let Link::Up { confirmed, .. } = &mut self.link {
             *confirmed = true;
         }
+        if let Some(l) = &mut self.live {
+            l.heard(now);
+        }
         self.ever_confirmed = true;
         if let Err(e) = self.ch.handle_frame(now, frame) {
             tracing::warn!("dropping an undecodable message from the service: {e}");
         }
         self.pump(now);
+    }
+
+    /// The current link answered a ping (or the service pinged us): it works.
+    pub fn link_alive(&mut self, now: Instant) {
+        if let Some(l) = &mut self.live {
+            l.heard(now);
+        }
+    }
+
+    /// The machine woke from sleep (the driver saw the boot clock run ahead of the monotonic
+    /// one): check the link at once instead of waiting out timers that slept too.
+    pub fn woke(&mut self, now: Instant, slept: Duration) {
+        if let Some(l) = &mut self.live {
+            tracing::info!(
+                "woke after about {} s asleep; checking the link",
+                slept.as_secs()
+            );
+            if l.woke(now) == liveness::Verdict::Ping {
+                self.events.push_back(Event::Ping);
+            }
+        }
     }
 
     pub(super) fn is_idle(&self) -> bool {

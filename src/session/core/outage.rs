@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+use super::liveness::{Liveness, Verdict};
+
 use super::{
     Event, Exit, Link, Mode, Outcome, Phase, Report, ResumeFailure, Session, CONNECT_ATTEMPTS,
     DRAIN_TIMEOUT, RESUME_WHILE_ENDING, RETRY_FIRST_DELAY, RETRY_MAX_DELAY, STABLE_LINK,
@@ -24,6 +26,35 @@ impl Session {
             _ => {}
         }
         self.ch.handle_timeout(now);
+        if !self.wants_input() {
+            // We are the ones not reading (a slow stdout holds the agent's data back): silence
+            // on the link is ours, not the service's.
+            if let Some(l) = &mut self.live {
+                l.heard(now);
+            }
+        }
+        let verdict = match (&self.link, &mut self.live) {
+            (Link::Up { .. }, Some(l)) => l.handle_timeout(now),
+            _ => Verdict::Alive,
+        };
+        match verdict {
+            Verdict::Alive => {}
+            Verdict::Ping => self.events.push_back(Event::Ping),
+            Verdict::Dead(silent) => {
+                tracing::info!(
+                    "no answer from the service for {} s: the link is dead",
+                    silent.as_secs()
+                );
+                // Handled as a cut: drop the silent socket, resume on a new one.
+                self.events.push_back(Event::DropLink);
+                self.transport_lost(
+                    now,
+                    &format!("no answer from Session Manager for {} s", silent.as_secs()),
+                    false,
+                );
+                return;
+            }
+        }
         match &mut self.link {
             Link::Connecting { retry_at, .. } if retry_at.is_some_and(|r| now >= r) => {
                 *retry_at = None;
@@ -85,6 +116,7 @@ impl Session {
             opened: now,
             confirmed: false,
         };
+        self.live = self.cfg.liveness.map(|c| Liveness::new(c, now));
         if was_down {
             self.ch.transport_restored(now);
             tracing::info!("session resumed");
@@ -155,6 +187,7 @@ impl Session {
             return;
         }
         self.ch.transport_lost(now);
+        self.live = None;
         let previous = std::mem::replace(&mut self.link, Link::Gone);
         if let Phase::Ending(e) = &self.phase {
             let idle = self.is_idle();

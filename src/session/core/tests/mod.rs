@@ -12,6 +12,7 @@ use crate::exit::Exit;
 use crate::session::handler::{HandlerExit, LocalEnd};
 use crate::wire::{FlagValue, PayloadType};
 
+mod liveness;
 mod world;
 use world::{secs, signal_ended, World};
 

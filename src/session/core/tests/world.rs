@@ -35,6 +35,8 @@ pub(super) struct World {
     /// What the handler received.
     pub delivered: Vec<(PayloadType, Bytes)>,
     connected: bool,
+    /// Whether the service answers our websocket pings.
+    pub pongs: bool,
 }
 
 impl World {
@@ -56,6 +58,7 @@ impl World {
             start_timeout: crate::config::DEFAULT_START_TIMEOUT,
             legacy_cli: false,
             initial_size: None,
+            liveness: None,
         };
         f(&mut cfg);
         let now = Instant::now();
@@ -68,12 +71,18 @@ impl World {
             events: Vec::new(),
             delivered: Vec::new(),
             connected: false,
+            pongs: true,
         }
     }
 
     /// Connects the first websocket when asked.
     pub(super) fn connected() -> Self {
-        let mut w = Self::new();
+        Self::connected_with(|_| {})
+    }
+
+    /// [`connected`](Self::connected) with the config changed by `f`.
+    pub(super) fn connected_with(f: impl FnOnce(&mut Config)) -> Self {
+        let mut w = Self::with(f);
         w.settle();
         assert!(w.took(|e| matches!(e, Event::Connect)));
         w.s.transport_restored(w.now);
@@ -87,6 +96,20 @@ impl World {
         let mut w = Self::connected();
         w.handshake("Standard_Stream", "3.3.0.0", None);
         w
+    }
+
+    /// A shell session with the default liveness checks on.
+    pub(super) fn live_shell() -> Self {
+        let mut w = Self::connected_with(|c| c.liveness = Some(LivenessConfig::default()));
+        w.handshake("Standard_Stream", "3.3.0.0", None);
+        w
+    }
+
+    /// A resumed link opened (after [`Event::Resume`]).
+    pub(super) fn restore(&mut self) {
+        self.s.transport_restored(self.now);
+        self.connected = true;
+        self.settle();
     }
 
     /// A listener port session.
@@ -166,6 +189,7 @@ impl World {
             while let Some(e) = self.s.poll_event() {
                 match &e {
                     Event::DropLink => self.connected = false,
+                    Event::Ping if self.pongs && self.connected => self.s.link_alive(self.now),
                     Event::Resume | Event::Connect => {}
                     _ => {}
                 }
