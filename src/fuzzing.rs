@@ -139,6 +139,7 @@ pub fn session_machine(data: &[u8]) -> Duration {
         legacy_cli: false,
         initial_size: None,
         liveness: Some(crate::session::core::LivenessConfig::default()),
+        status_marker: None,
     };
     let mut s = Session::new(cfg, t0, EPOCH);
     let mut now = t0;

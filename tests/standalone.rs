@@ -615,3 +615,54 @@ async fn socks5_refuses_a_destination_the_agent_cannot_reach() {
     let out = p.finish(STEP).await;
     assert_eq!(out.status.code(), Some(143), "{out}");
 }
+
+/// A document that reports no status (here an interactive command, run in a pty): `exec`
+/// wraps the command so the node prints the status behind a marker, which is taken out of the
+/// output, and exits with it.
+#[tokio::test]
+async fn exec_gets_the_status_through_a_marker_where_the_document_reports_none() {
+    let world = World::start(unpaced_config()).await;
+    let home = Home::with_keys("default", KEY, SECRET);
+    let out = finished(standalone(
+        &world,
+        &home,
+        &[
+            "exec",
+            TARGET,
+            "--document",
+            "AWS-StartInteractiveCommand",
+            "--",
+            "sh",
+            "-c",
+            "printf 'no newline at the end'; exit 4",
+        ],
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(4), "{out}");
+    assert_eq!(out.stdout, "no newline at the end", "{out}");
+    assert!(!out.stdout.contains("__SSM_EXIT_"), "{out}");
+    let calls = world.calls("StartSession");
+    assert_eq!(calls[0].body["DocumentName"], "AWS-StartInteractiveCommand");
+    assert!(calls[0].body["Parameters"]
+        .get("separateOutputStream")
+        .is_none());
+    // ECS targets take only interactive commands: the same way there, without --document.
+    let out = finished(standalone(
+        &world,
+        &home,
+        &[
+            "exec",
+            "ecs:c1_t1_r1",
+            "--",
+            "sh",
+            "-c",
+            "echo in-the-container; exit 5",
+        ],
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(5), "{out}");
+    assert!(out.stdout.starts_with("in-the-container"), "{out}");
+    assert!(!out.stdout.contains("__SSM_EXIT_"), "{out}");
+    let calls = world.calls("StartSession");
+    assert_eq!(calls[1].body["DocumentName"], "AWS-StartInteractiveCommand");
+}

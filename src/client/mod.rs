@@ -428,7 +428,23 @@ async fn exec(
         .map(|w| shell_quote(w))
         .collect::<Vec<_>>()
         .join(" ");
-    let document = document.unwrap_or_else(|| EXEC_DOCUMENT.into());
+    // ECS targets take only interactive commands (a terminal on the container).
+    let document = document.unwrap_or_else(|| {
+        if target.starts_with("ecs:") {
+            ECS_EXEC_DOCUMENT.into()
+        } else {
+            EXEC_DOCUMENT.into()
+        }
+    });
+    let (line, marker) = if document == EXEC_DOCUMENT {
+        (line, None)
+    } else {
+        // The document reports no status: the node prints it behind a marker after the
+        // command, which the session takes out of the output (`session::core::marker`).
+        let marker = format!("__SSM_EXIT_{:016x}__:", rand::random::<u64>());
+        let script = format!("{line}; s=$?; printf '\\n%s%d\\n' {marker} \"$s\"; exit \"$s\"");
+        (format!("sh -c {}", shell_quote(&script)), Some(marker))
+    };
     let mut parameters = BTreeMap::from([("command".to_owned(), vec![line])]);
     if document == EXEC_DOCUMENT {
         // AWS's document declares `separateOutputStream` (default "false"); only with it on does
@@ -445,7 +461,8 @@ async fn exec(
     };
     // Our status lines go to stderr: stdout is the command's alone.
     let ui = Ui::new(true, env);
-    let settings = start(env, aws, &api, request, ui).await?;
+    let mut settings = start(env, aws, &api, request, ui).await?;
+    settings.status_marker = marker;
     let id = settings.args.response.session_id.clone();
     let outcome = session::run(settings).await;
     session::print_end(ui, &id, &outcome);
@@ -454,6 +471,8 @@ async fn exec(
 
 /// The document `exec` runs by default.
 const EXEC_DOCUMENT: &str = "AWS-StartNonInteractiveCommand";
+/// The document `exec` runs on ECS targets, which allow only interactive commands.
+const ECS_EXEC_DOCUMENT: &str = "AWS-StartInteractiveCommand";
 
 async fn tunnels(
     env: &config::Env,

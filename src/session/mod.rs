@@ -64,6 +64,9 @@ pub struct Settings {
     pub start_timeout: Duration,
     /// The websocket's liveness checks (keepalive pings, dead-link detection); `None`: off.
     pub liveness: Option<core::LivenessConfig>,
+    /// The marker of a wrapped command's exit status (`exec` with a document that reports
+    /// none); `None`: the output is delivered as it comes.
+    pub status_marker: Option<String>,
     /// Hosts besides AWS's and loopback the token may be sent to.
     pub allowed_hosts: Option<String>,
     /// The user's bind address for port listeners.
@@ -93,6 +96,7 @@ impl Settings {
             reconnect_timeout: env.reconnect_timeout,
             start_timeout: env.start_timeout,
             liveness: env.liveness,
+            status_marker: None,
             allowed_hosts: env.allowed_hosts.clone(),
             bind_address: env.bind_address.clone(),
             listener: Default::default(),
@@ -250,6 +254,7 @@ pub async fn run(settings: Settings) -> Outcome {
             legacy_cli: settings.args.legacy_cli,
             initial_size: shell::initial_size(),
             liveness: settings.liveness,
+            status_marker: settings.status_marker.clone(),
         },
         Instant::now().into_std(),
         unix_ms(),

@@ -74,6 +74,8 @@ pub struct Config {
     pub initial_size: Option<SizeData>,
     /// Liveness checks of the websocket (see [`liveness`]); `None`: off.
     pub liveness: Option<LivenessConfig>,
+    /// The marker behind which a wrapped command prints its exit status (see [`marker`]).
+    pub status_marker: Option<String>,
 }
 
 /// A local signal, already read by the driver.
@@ -142,6 +144,7 @@ pub use outage::{classify_resume, ResumeVerdict};
 
 mod ending;
 pub mod liveness;
+pub mod marker;
 mod outage;
 mod start;
 #[cfg(test)]
@@ -346,6 +349,8 @@ pub struct Session {
     held: VecDeque<(PayloadType, Bytes)>,
     /// The current link's liveness timers (`None` while no link is up, or when off).
     live: Option<liveness::Liveness>,
+    /// The output's end, held back while it may be the status line of a wrapped command.
+    status_tail: Option<marker::StatusTail>,
     inbox: VecDeque<Inbox>,
     events: VecDeque<Event>,
 }
@@ -366,6 +371,7 @@ impl Session {
                 Priority::Control,
             );
         }
+        let status_tail = cfg.status_marker.as_deref().map(marker::StatusTail::new);
         Self {
             type_deadline: now + cfg.start_timeout,
             cfg,
@@ -387,6 +393,7 @@ impl Session {
             remote_exit: None,
             held: VecDeque::new(),
             live: None,
+            status_tail,
             inbox: VecDeque::new(),
             events: VecDeque::from([Event::Connect]),
         }
@@ -591,6 +598,16 @@ impl Session {
                 } => self.on_message(now, payload_type, payload),
                 channel::Event::ChannelClosed { output } => {
                     self.closed_by_service = true;
+                    if let Some(mut tail) = self.status_tail.take() {
+                        let (rest, status) = tail.finish();
+                        if !rest.is_empty() {
+                            self.inbox
+                                .push_back(Inbox::Message(PayloadType::OUTPUT, rest));
+                        }
+                        if self.remote_exit.is_none() {
+                            self.remote_exit = status;
+                        }
+                    }
                     self.inbox.push_back(Inbox::Closed(output));
                 }
                 channel::Event::Paused => tracing::info!("the service paused our sending"),

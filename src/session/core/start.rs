@@ -95,6 +95,15 @@ impl Session {
                     // output starts the shell, as in the reference.
                     self.start_handler(SessionKind::StandardStream, Value::Null);
                 }
+                let payload = match &mut self.status_tail {
+                    Some(tail) if payload_type == PayloadType::OUTPUT => {
+                        match tail.push(&payload) {
+                            Some(p) => p,
+                            None => return,
+                        }
+                    }
+                    _ => payload,
+                };
                 self.inbox.push_back(Inbox::Message(payload_type, payload));
             }
         }

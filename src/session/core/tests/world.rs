@@ -59,6 +59,7 @@ impl World {
             legacy_cli: false,
             initial_size: None,
             liveness: None,
+            status_marker: None,
         };
         f(&mut cfg);
         let now = Instant::now();
