@@ -282,3 +282,66 @@ async fn resume_without_a_token_means_the_session_timed_out() {
     );
     assert_eq!(world.calls("ResumeSession").len(), 1);
 }
+
+/// Credentials that live 40 s, from a `credential_process` profile (SSO-like tooling): every
+/// ResumeSession is signed with keys fetched afresh, never with the first ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_resume_is_signed_with_fresh_keys_from_credential_process() {
+    let world = World::start(resume_config()).await;
+    let started = world.start_session(TARGET, None, &[]);
+    let id = started.session_id.clone();
+    let home = Home::empty();
+    let script = home.path().join("creds.sh");
+    let counter = home.path().join("calls");
+    // Hands out KEY, then KEY2, then KEY... each valid for 40 s.
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nn=$(cat '{c}' 2>/dev/null || echo 0)\necho $((n+1)) > '{c}'\n\
+             if [ $((n % 2)) = 0 ]; then k={KEY}; s={SECRET}; else k={KEY2}; s={SECRET2}; fi\n\
+             exp=$(date -u -d '+40 seconds' +%Y-%m-%dT%H:%M:%SZ)\n\
+             printf '{{\"Version\":1,\"AccessKeyId\":\"%s\",\"SecretAccessKey\":\"%s\",\"Expiration\":\"%s\"}}' \"$k\" \"$s\" \"$exp\"\n",
+            c = counter.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        home.path().join(".aws/config"),
+        format!(
+            "[profile jit]\nregion = {REGION}\ncredential_process = {}\n",
+            script.display()
+        ),
+    )
+    .unwrap();
+    let mut p = Running::spawn(plugin(
+        &world,
+        &started,
+        &home,
+        "jit",
+        TARGET,
+        &world.api.url(),
+    ));
+    p.write(b"V=kept-42\n").await;
+    check_state(&mut p, 0).await;
+    for n in 1..=3 {
+        assert!(world.sim.cut(&id));
+        check_state(&mut p, n).await;
+    }
+    p.write(b"exit\n").await;
+    let out = p.finish(LIMIT).await;
+    assert!(out.status.success(), "{out}");
+    let signers: Vec<String> = world
+        .calls("ResumeSession")
+        .iter()
+        .map(|r| r.signed_by.as_ref().unwrap().access_key_id.clone())
+        .collect();
+    assert_eq!(signers.len(), 3, "{signers:?}");
+    // Each resume ran the process again: the keys alternate.
+    assert_ne!(signers[0], signers[1], "{signers:?}");
+    assert_ne!(signers[1], signers[2], "{signers:?}");
+    let ws = world.sim.stats(&id).unwrap().upgrades;
+    assert!(ws
+        .iter()
+        .all(|u| u.signed_by.as_ref().is_some_and(|b| b.verified)));
+}
