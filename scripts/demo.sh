@@ -33,7 +33,7 @@ case "${1:-}" in
 esac
 
 say "checking prerequisites (python3-venv, a C compiler, the AWS CLI; installed when missing)"
-scripts/ensure-test-deps.sh --no-packaging --no-openssh
+scripts/ensure-test-deps.sh --no-packaging --no-openssh --no-ansible
 if [ "$mode" = ssh ]; then
   say "--ssh: checking for the OpenSSH client and server (installed when missing)"
   scripts/ensure-openssh.sh

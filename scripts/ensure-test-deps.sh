@@ -3,23 +3,26 @@
 # whatever is already there:
 #   apt:   a C compiler (ring builds C and assembly), the OpenSSH client and server (SSH over SSM
 #          tests), python3 with venv (the AWS CLI's virtual environment)
-#   PyPI:  the AWS CLI, into scripts/.venv (end-to-end tests)
+#   PyPI:  the AWS CLI, into scripts/.venv (end-to-end tests); Ansible, boto3 and moto into
+#          scripts/.venv-ansible (tests/e2e_ansible.rs, through scripts/ensure-ansible.sh)
 #   cargo: cargo-deb and cargo-generate-rpm, and apt: rpm, rpm2cpio, cpio (tests/packaging.rs),
 #          through scripts/ensure-packaging-tools.sh
 # Fails with one line saying why when something cannot be installed (no root, no network).
-# Usage: scripts/ensure-test-deps.sh [--no-packaging] [--no-openssh]
-#   (scripts/demo.sh passes both: it needs OpenSSH only for --ssh, and no packaging tools)
+# Usage: scripts/ensure-test-deps.sh [--no-packaging] [--no-openssh] [--no-ansible]
+#   (scripts/demo.sh passes all three: it needs OpenSSH only for --ssh, no packaging tools and
+#   no Ansible)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf 'ensure-test-deps: %s\n' "$*" >&2; }
 fail() { say "$*"; exit 1; }
 
-packaging=1 openssh=1
+packaging=1 openssh=1 ansible=1
 for arg in "$@"; do
   case "$arg" in
     --no-packaging) packaging=0 ;;
     --no-openssh) openssh=0 ;;
+    --no-ansible) ansible=0 ;;
     *) fail "unknown argument '$arg'" ;;
   esac
 done
@@ -70,6 +73,9 @@ if [ ! -x scripts/.venv/bin/aws ]; then
   say "installing the AWS CLI from PyPI into scripts/.venv (end-to-end tests run the real CLI)"
 fi
 scripts/ensure-awscli.sh >/dev/null
+if [ "$ansible" = 1 ]; then
+  scripts/ensure-ansible.sh >/dev/null # says what it installs: Ansible, boto3, moto
+fi
 
 if [ "$packaging" = 1 ]; then
   scripts/ensure-packaging-tools.sh
