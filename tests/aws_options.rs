@@ -113,17 +113,9 @@ async fn a_drop_in_profile_that_does_not_exist_is_refused_naming_it() {
     );
 }
 
-/// The plugin's standalone `args[0]`, with the fake API as the SSM endpoint.
-fn standalone(world: &World, home: &Home, args: &[&str]) -> tokio::process::Command {
-    let mut c = isolated(
-        world,
-        home,
-        &format!("profile-{}-{}", args[0], std::process::id()),
-    );
-    c.arg(args[0])
-        .args(["--region", REGION, "--endpoint-url", &world.api.url()])
-        .args(&args[1..])
-        .env("XDG_CONFIG_HOME", home.path().join("xdg"));
+/// A standalone command with the environment's keys (KEY2) beside the profile's.
+fn standalone_with_env_keys(world: &World, home: &Home, args: &[&str]) -> tokio::process::Command {
+    let mut c = standalone(world, home, args);
     prod_home_and_env_keys(&mut c);
     c
 }
@@ -132,7 +124,7 @@ fn standalone(world: &World, home: &Home, args: &[&str]) -> tokio::process::Comm
 async fn exec_with_profile_starts_and_signs_as_the_profile() {
     let world = World::start(signed_config()).await;
     let home = Home::with_keys("prod", KEY, SECRET);
-    let out = Running::spawn(standalone(
+    let out = Running::spawn(standalone_with_env_keys(
         &world,
         &home,
         &["exec", TARGET, "--profile", "prod", "--", "echo", "hi"],
@@ -153,7 +145,7 @@ async fn exec_with_profile_starts_and_signs_as_the_profile() {
 async fn exec_with_a_profile_that_does_not_exist_fails_before_starting() {
     let world = World::start(signed_config()).await;
     let home = Home::with_keys("prod", KEY, SECRET);
-    let out = Running::spawn(standalone(
+    let out = Running::spawn(standalone_with_env_keys(
         &world,
         &home,
         &["exec", TARGET, "--profile", "nosuch", "--", "true"],

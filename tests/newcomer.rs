@@ -207,20 +207,6 @@ fn a_forward_spec_is_read_as_ssh_reads_it_and_the_error_shows_the_meant_form() {
     assert!(help.contains("BIND:LOCAL_PORT:HOST:REMOTE_PORT"), "{help}");
 }
 
-/// A standalone command against the fake API, with `home`'s XDG config directory.
-fn standalone(world: &World, home: &Home, args: &[&str]) -> tokio::process::Command {
-    let mut c = isolated(
-        world,
-        home,
-        &format!("newcomer-{}-{}", args[0], std::process::id()),
-    );
-    c.arg(args[0])
-        .args(["--region", REGION, "--endpoint-url", &world.api.url()])
-        .args(&args[1..])
-        .env("XDG_CONFIG_HOME", home.path().join("xdg"));
-    c
-}
-
 fn write_default_config(home: &Home, text: &str) {
     let dir = home.path().join("xdg/session-manager-plugin");
     std::fs::create_dir_all(&dir).unwrap();

@@ -15,22 +15,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const STEP: Duration = Duration::from_secs(30);
 
-/// The plugin with a standalone command, in an isolated environment: the HOME's keys are the
-/// only credentials, SSM calls go to the fake API through --endpoint-url, KMS through
-/// AWS_ENDPOINT_URL_KMS, and no config file but the one a test writes is read.
-fn standalone(world: &World, home: &Home, args: &[&str]) -> tokio::process::Command {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let log = format!("standalone-{}-{}-{n}", args[0], std::process::id());
-    let mut c = isolated(world, home, &log);
-    // The common options right after the command: anything after `--` belongs to `exec`.
-    c.arg(args[0])
-        .args(["--region", REGION, "--endpoint-url", &world.api.url()])
-        .args(&args[1..])
-        .env("XDG_CONFIG_HOME", home.path().join("xdg"));
-    c
-}
-
 async fn finished(c: tokio::process::Command) -> Finished {
     Running::spawn(c).finish(STEP).await
 }

@@ -207,6 +207,21 @@ pub fn isolated(world: &World, home: &Home, log_name: &str) -> tokio::process::C
     c
 }
 
+/// The plugin's standalone command `args[0]` in an isolated environment (see [`isolated`]),
+/// with the fake API as its SSM endpoint, the test region, and `home`'s XDG config directory.
+/// The common options go right after the command: anything after `--` belongs to `exec`.
+pub fn standalone(world: &World, home: &Home, args: &[&str]) -> tokio::process::Command {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let log = format!("standalone-{}-{}-{n}", args[0], std::process::id());
+    let mut c = isolated(world, home, &log);
+    c.arg(args[0])
+        .args(["--region", REGION, "--endpoint-url", &world.api.url()])
+        .args(&args[1..])
+        .env("XDG_CONFIG_HOME", home.path().join("xdg"));
+    c
+}
+
 /// Simulator settings for tests about sessions, not pacing: fast, service limits off.
 pub fn unpaced_config() -> SimConfig {
     let mut cfg = fast_config();
