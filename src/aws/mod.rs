@@ -123,9 +123,14 @@ impl std::fmt::Debug for Aws {
 impl Aws {
     /// The context for a session started with `args`. Does no I/O.
     pub fn new(args: &SessionArgs) -> Arc<Self> {
+        let target = args.parameters.as_ref().map_or("", |p| p.target.as_str());
         Arc::new(Self {
             region: args.region.clone(),
-            profile: args.profile.clone(),
+            profile: explicit_profile(
+                args.profile.as_deref(),
+                target,
+                std::env::var("AWS_PROFILE").ok().as_deref(),
+            ),
             endpoint: args.endpoint.clone(),
             target: args
                 .parameters
@@ -546,6 +551,24 @@ impl Aws {
     }
 }
 
+/// The drop-in form's PROFILE as an explicit profile (one that wins over environment keys).
+/// `aws ssm start-session` passes only `--profile` there; `aws ecs execute-command` passes the
+/// session's profile, which is AWS_PROFILE when only that is set. botocore lets environment keys
+/// win over a profile that comes from AWS_PROFILE alone, so an ECS target whose PROFILE is
+/// AWS_PROFILE is left to the default chain (which reads AWS_PROFILE itself). The one case this
+/// cannot tell apart, `--profile p` with AWS_PROFILE=p and environment keys, then uses the keys.
+fn explicit_profile(
+    profile: Option<&str>,
+    target: &str,
+    aws_profile: Option<&str>,
+) -> Option<String> {
+    let p = profile.filter(|p| !p.is_empty())?;
+    if target.starts_with("ecs:") && aws_profile == Some(p) {
+        return None;
+    }
+    Some(p.to_owned())
+}
+
 /// The SDK's configuration loader with our time limits, retries and HTTPS client, for `region`
 /// (empty: the SDK's chain finds it) and `profile`.
 fn base_loader(region: &str, profile: Option<&str>) -> aws_config::ConfigLoader {
@@ -803,6 +826,19 @@ pub fn ssm_endpoint(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_drop_in_profile_is_explicit_unless_ecs_passed_aws_profile() {
+        use super::explicit_profile as e;
+        assert_eq!(
+            e(Some("prod"), "i-1", Some("prod")).as_deref(),
+            Some("prod")
+        );
+        assert_eq!(e(Some("prod"), "ecs:c_t_r", None).as_deref(), Some("prod"));
+        assert_eq!(e(Some("prod"), "ecs:c_t_r", Some("prod")), None);
+        assert_eq!(e(Some(""), "i-1", None), None);
+        assert_eq!(e(None, "i-1", Some("prod")), None);
+    }
+
     #[test]
     fn region_names() {
         for ok in ["us-east-1", "cn-north-1", "us-gov-west-1", "local"] {
