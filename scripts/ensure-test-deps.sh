@@ -5,7 +5,7 @@
 #          tests), python3 with venv (the AWS CLI's virtual environment)
 #   PyPI:  the AWS CLI, into scripts/.venv (end-to-end tests); Ansible, boto3 and moto into
 #          scripts/.venv-ansible (tests/e2e_ansible.rs, through scripts/ensure-ansible.sh)
-#   cargo: cargo-deb and cargo-generate-rpm, and apt: rpm, rpm2cpio, cpio (tests/packaging.rs),
+#   apt:   dpkg-dev, rpm (rpmbuild), rpm2cpio, cpio (packaging/build.sh and tests/packaging.rs),
 #          through scripts/ensure-packaging-tools.sh
 # Fails with one line saying why when something cannot be installed (no root, no network).
 # Usage: scripts/ensure-test-deps.sh [--no-packaging] [--no-openssh] [--no-ansible]

@@ -8,8 +8,9 @@
 //! build.sh, and a real description; without them nothing claims a made-up address.
 //! packaging/install.sh is run with a stand-in `cargo` (no release build).
 //!
-//! The tools come from `scripts/ensure-packaging-tools.sh` (run by `scripts/test.sh`); a missing
-//! tool fails the test with that advice, never skips it.
+//! The packages are built with dpkg-deb and rpmbuild (packaging/rpm/session-manager-plugin-rs.spec).
+//! The tools come from `scripts/ensure-packaging-tools.sh` (run by `scripts/test.sh`; apt
+//! packages, seconds to install); a missing tool fails the test with that advice, never skips it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -47,13 +48,9 @@ fn stdout(cmd: &mut Command) -> String {
 }
 
 fn require_tools() {
-    let tools: [(&str, &[&str]); 6] = [
-        ("cargo-deb", &["cargo", "deb", "--version"]),
-        (
-            "cargo-generate-rpm",
-            &["cargo", "generate-rpm", "--version"],
-        ),
+    let tools: [(&str, &[&str]); 5] = [
         ("dpkg-deb", &["dpkg-deb", "--version"]),
+        ("rpmbuild", &["rpmbuild", "--version"]),
         ("rpm", &["rpm", "--version"]),
         ("rpm2cpio", &["sh", "-c", "command -v rpm2cpio"]),
         ("cpio", &["cpio", "--version"]),
@@ -194,11 +191,48 @@ fn the_deb_installs_the_binary_where_aws_does_and_replaces_aws_package() {
         field("Provides"),
         format!("session-manager-plugin (= {WIRE_VERSION})")
     );
+    assert_eq!(field("Section"), "admin");
+    assert_eq!(field("Priority"), "optional");
+    let arch = stdout(Command::new("dpkg").arg("--print-architecture"));
+    assert_eq!(field("Architecture"), arch.trim());
+    // The shared libraries the binary links, at the versions of the symbols it uses (a static
+    // binary would depend on nothing).
+    let depends = field("Depends");
+    if cfg!(all(target_os = "linux", target_env = "gnu")) {
+        assert!(depends.starts_with("libc6 (>= 2."), "Depends: {depends}");
+    }
 
     let root = scratch("deb");
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root));
     assert_runs(&root.join(BIN_PATH));
     assert_link(&root);
+    let bin_kib = std::fs::metadata(root.join(BIN_PATH)).unwrap().len() / 1024;
+    let size: u64 = field("Installed-Size").parse().unwrap();
+    assert!(
+        (bin_kib..bin_kib + 1024).contains(&size),
+        "Installed-Size {size} KiB, the binary {bin_kib} KiB"
+    );
+    // Every file is root's; dpkg checks the md5sums (dpkg --verify, below).
+    let listing = stdout(Command::new("dpkg-deb").arg("-c").arg(&deb));
+    for line in listing.lines() {
+        assert!(
+            line.split_whitespace().nth(1) == Some("root/root"),
+            "not root's: {line}"
+        );
+    }
+    let md5sums = stdout(
+        Command::new("sh")
+            .arg("-c")
+            .arg("dpkg-deb --ctrl-tarfile \"$1\" | tar -xO ./md5sums")
+            .arg("sh")
+            .arg(&deb),
+    );
+    assert!(
+        md5sums
+            .lines()
+            .any(|l| l.ends_with(&format!("  {BIN_PATH}"))),
+        "md5sums:\n{md5sums}"
+    );
     for f in [
         "usr/share/man/man1/session-manager-plugin.1.gz",
         "usr/share/doc/session-manager-plugin-rs/README.md",
@@ -246,6 +280,23 @@ fn the_rpm_installs_the_binary_where_aws_does_and_obsoletes_aws_package() {
         query(&["--qf", "%{PAYLOADCOMPRESSOR}"]),
         "gzip",
         "gzip payload, readable by older rpm releases"
+    );
+    assert_eq!(query(&["--qf", "%{RELEASE} %{LICENSE}"]), "1 Apache-2.0");
+    // Exactly these files (and the package's own doc and licence directories): no build-id
+    // links, no debuginfo, the man page as it is.
+    let files = query(&["-l"]);
+    assert_eq!(
+        files.lines().collect::<Vec<_>>(),
+        [
+            "/usr/local/sessionmanagerplugin/bin/session-manager-plugin",
+            "/usr/share/doc/session-manager-plugin-rs",
+            "/usr/share/doc/session-manager-plugin-rs/CHANGELOG.md",
+            "/usr/share/doc/session-manager-plugin-rs/README.md",
+            "/usr/share/licenses/session-manager-plugin-rs",
+            "/usr/share/licenses/session-manager-plugin-rs/LICENSE",
+            "/usr/share/man/man1/session-manager-plugin.1",
+        ],
+        "rpm -qpl"
     );
 
     let root = scratch("rpm");
@@ -406,6 +457,8 @@ fn the_deb_replaces_aws_package_and_uninstalls_without_a_trace() {
     );
     assert_runs(&root.join(BIN_PATH));
     assert_link(&root);
+    // The installed files match the package's md5sums.
+    dpkg(&["--verify", "session-manager-plugin-rs"], None);
 
     dpkg(&["--purge", "session-manager-plugin-rs"], None);
     assert!(!installed("session-manager-plugin-rs"));
@@ -593,7 +646,7 @@ fn the_packages_carry_the_publishers_maintainer_and_homepage_and_a_real_descript
         words.matches(". ").count() >= 3,
         "a few sentences, not the summary: {rpm_description}"
     );
-    // The rewritten header still matches the digests, and rpm reads the rest as before.
+    // rpm checks the package's digests.
     let checked = stdout(Command::new("rpm").arg("-K").arg(&rpm));
     assert!(
         checked.trim_end().ends_with("digests OK"),
@@ -681,4 +734,37 @@ fn without_the_publishers_settings_nothing_claims_a_made_up_address() {
     );
     let sums = std::fs::read_to_string(out.join("SHA256SUMS")).unwrap();
     assert!(!sums.contains(".rb"), "{sums}");
+}
+
+#[test]
+fn build_sh_without_a_packaging_tool_says_which_in_one_line() {
+    // A PATH with what build.sh runs before it looks for the tools, and dpkg-deb, but no
+    // rpmbuild.
+    let dir = scratch("no-rpmbuild");
+    let bin_dir = dir.join("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    for tool in ["bash", "awk", "uname", "dirname", "dpkg-deb"] {
+        let path = stdout(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {tool}")),
+        );
+        std::os::unix::fs::symlink(path.trim(), bin_dir.join(tool)).unwrap();
+    }
+    let out = build_sh(&dir.join("out"))
+        .env("PATH", &bin_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "build.sh succeeded without rpmbuild:\n{err}"
+    );
+    let last: Vec<&str> = err.lines().filter(|l| !l.contains("note:")).collect();
+    assert_eq!(last.len(), 1, "one line:\n{err}");
+    assert!(
+        last[0].starts_with("build.sh: rpmbuild is not installed")
+            && last[0].contains("scripts/ensure-packaging-tools.sh"),
+        "{err}"
+    );
 }
