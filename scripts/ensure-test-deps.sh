@@ -8,7 +8,8 @@
 #   apt:   dpkg-dev, rpm (rpmbuild), rpm2cpio, cpio (packaging/build.sh and tests/packaging.rs),
 #          through scripts/ensure-packaging-tools.sh
 # Fails with one line saying why when something cannot be installed (no root, no network).
-# Usage: scripts/ensure-test-deps.sh [--no-packaging] [--no-openssh] [--no-ansible]
+# Usage: scripts/ensure-test-deps.sh [--no-packaging] [--no-openssh] [--no-ansible] [--no-pypi]
+#   (--no-pypi: only the apt part; scripts/test.sh installs from PyPI while it builds)
 #   (scripts/demo.sh passes all three: it needs OpenSSH only for --ssh, no packaging tools and
 #   no Ansible)
 set -euo pipefail
@@ -17,12 +18,13 @@ cd "$(dirname "$0")/.."
 say() { printf 'ensure-test-deps: %s\n' "$*" >&2; }
 fail() { say "$*"; exit 1; }
 
-packaging=1 openssh=1 ansible=1
+packaging=1 openssh=1 ansible=1 pypi=1
 for arg in "$@"; do
   case "$arg" in
     --no-packaging) packaging=0 ;;
     --no-openssh) openssh=0 ;;
     --no-ansible) ansible=0 ;;
+    --no-pypi) pypi=0 ;;
     *) fail "unknown argument '$arg'" ;;
   esac
 done
@@ -69,12 +71,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   rm -f "$log"
 fi
 
-if [ ! -x scripts/.venv/bin/aws ]; then
-  say "installing the AWS CLI from PyPI into scripts/.venv (end-to-end tests run the real CLI)"
-fi
-scripts/ensure-awscli.sh >/dev/null
-if [ "$ansible" = 1 ]; then
-  scripts/ensure-ansible.sh >/dev/null # says what it installs: Ansible, boto3, moto
+if [ "$pypi" = 1 ]; then
+  if [ ! -x scripts/.venv/bin/aws ]; then
+    say "installing the AWS CLI from PyPI into scripts/.venv (end-to-end tests run the real CLI)"
+  fi
+  scripts/ensure-awscli.sh >/dev/null
+  if [ "$ansible" = 1 ]; then
+    scripts/ensure-ansible.sh >/dev/null # says what it installs: Ansible, boto3, moto
+  fi
 fi
 
 if [ "$packaging" = 1 ]; then

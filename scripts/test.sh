@@ -9,8 +9,14 @@ cd "$(dirname "$0")/.."
 
 log() { printf '== %s\n' "$*" >&2; }
 
-log "installing test prerequisites if missing (C compiler, OpenSSH, python3-venv, AWS CLI, packaging tools)"
-scripts/ensure-test-deps.sh
+log "installing test prerequisites if missing (C compiler, OpenSSH, python3-venv, packaging tools)"
+scripts/ensure-test-deps.sh --no-pypi
+
+# The AWS CLI and Ansible come from PyPI (network and one core) while cargo builds (two cores).
+log "installing the AWS CLI and Ansible from PyPI if missing, beside the build"
+pypi_log=$(mktemp)
+( scripts/ensure-awscli.sh >/dev/null && scripts/ensure-ansible.sh >/dev/null ) >"$pypi_log" 2>&1 &
+pypi=$!
 
 log "building (debug and the test binaries)"
 cargo build --workspace --all-targets --locked
@@ -18,6 +24,14 @@ cargo test --workspace --locked --no-run
 
 log "clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+if ! wait "$pypi"; then
+  cat "$pypi_log" >&2
+  log "installing the AWS CLI or Ansible from PyPI failed (see above)"
+  exit 1
+fi
+grep -h 'installing' "$pypi_log" >&2 || true
+rm -f "$pypi_log"
 
 run_tests() {
   cargo test --workspace --locked --offline "$@"

@@ -292,7 +292,16 @@ async fn wait_connections(
 // Tests
 // ---------------------------------------------------------------------------------------------
 
+/// Both frozen-link cases at once: each waits about 18 s for the dead link to be found, and
+/// the test harness runs only two tests at a time on two cores.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_link_is_resumed_for_an_idle_shell_and_a_port_transfer() {
+    tokio::join!(
+        an_idle_shell_behind_a_frozen_link_is_resumed_and_gets_the_typed_line(),
+        a_port_transfer_behind_a_frozen_link_resumes_byte_exact(),
+    );
+}
+
 async fn an_idle_shell_behind_a_frozen_link_is_resumed_and_gets_the_typed_line() {
     let world = World::start(shell_config()).await;
     let (started, relay) = through_relay(&world, None, &[], None).await;
@@ -344,7 +353,6 @@ async fn an_idle_shell_behind_a_frozen_link_is_resumed_and_gets_the_typed_line()
     assert!(relay.accepted() >= 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_transfer_behind_a_frozen_link_resumes_byte_exact() {
     // The service limits stay on: the transfer is paced, so data is in flight at the freeze.
     let mut cfg = fast_config();
@@ -529,7 +537,8 @@ async fn idle_forward(keepalive: Option<&str>, idle: Duration) -> (u64, u64, usi
 async fn an_idle_forward_is_not_cut_by_an_idle_cutting_relay() {
     let t0 = Instant::now();
     let (kept, control) = tokio::join!(
-        idle_forward(None, Duration::from_secs(30)),
+        // Past the relay's 12 s cut, through two keepalive pings (one every 10 s).
+        idle_forward(None, Duration::from_secs(22)),
         // No keepalive: the relay must reset the link after its 12 s (the test can fail).
         idle_forward(Some("0"), Duration::from_secs(25)),
     );
