@@ -16,14 +16,6 @@ use aws_support::*;
 const STEP: Duration = Duration::from_secs(20);
 const LIMIT: Duration = Duration::from_secs(40);
 
-/// Signed upgrades required; both test key pairs verify.
-fn signed_config() -> agent_sim::SimConfig {
-    let mut cfg = fast_config();
-    cfg.ws_credentials = ws_credentials();
-    cfg.require_signed_upgrade = true;
-    cfg
-}
-
 /// The profile `prod` holds KEY; the environment holds KEY2.
 fn prod_home_and_env_keys(c: &mut tokio::process::Command) {
     c.env("AWS_ACCESS_KEY_ID", KEY2)

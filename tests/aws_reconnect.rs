@@ -11,13 +11,6 @@ use aws_support::*;
 const STEP: Duration = Duration::from_secs(20);
 const LIMIT: Duration = Duration::from_secs(40);
 
-fn resume_config() -> agent_sim::SimConfig {
-    let mut cfg = fast_config();
-    cfg.ws_credentials = ws_credentials();
-    cfg.require_signed_upgrade = true;
-    cfg
-}
-
 /// Runs `echo` of a marker built from `$V`, so only the shell's output (not the echo of our
 /// input) contains the expanded text, and waits for it.
 async fn check_state(p: &mut Running, n: u32) {
@@ -44,7 +37,7 @@ fn numbers(stdout: &str) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shell_survives_three_cuts_and_the_hourly_bye() {
-    let world = World::start(resume_config()).await;
+    let world = World::start(signed_config()).await;
     let started = world.start_session(TARGET, None, &[]);
     let id = started.session_id.clone();
     let home = Home::with_keys("default", KEY, SECRET);
@@ -122,7 +115,7 @@ async fn a_shell_survives_three_cuts_and_the_hourly_bye() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_rewritten_on_disk_are_used_to_resume() {
-    let world = World::start(resume_config()).await;
+    let world = World::start(signed_config()).await;
     let started = world.start_session(TARGET, None, &[]);
     let id = started.session_id.clone();
     let home = Home::with_keys("dev", KEY, SECRET);
@@ -167,7 +160,7 @@ async fn credentials_rewritten_on_disk_are_used_to_resume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ecs_exec_resumes_through_the_ssm_endpoint_not_the_ecs_one() {
-    let world = World::start(resume_config()).await;
+    let world = World::start(signed_config()).await;
     let target = "ecs:cluster_0123456789abcdef_0123456789abcdef0123456789abcdef-1234567890";
     let started = world.start_session(target, None, &[]);
     let id = started.session_id.clone();
@@ -214,7 +207,7 @@ async fn shell_losing_its_link(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_session_failing_gives_up_clearly_with_exit_69() {
-    let world = World::start(resume_config()).await;
+    let world = World::start(signed_config()).await;
     // A 5xx is worth retrying until the budget runs out.
     world.api.set_fault(
         "ResumeSession",
@@ -248,7 +241,7 @@ async fn resume_session_failing_gives_up_clearly_with_exit_69() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_denied_on_resume_ends_at_once_without_retrying() {
-    let world = World::start(resume_config()).await;
+    let world = World::start(signed_config()).await;
     world.api.set_fault("ResumeSession", Fault::access_denied());
     let started = world.start_session(TARGET, None, &[]);
     let out = shell_losing_its_link(&world, &started, &[], false).await;
@@ -267,7 +260,7 @@ async fn access_denied_on_resume_ends_at_once_without_retrying() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_without_a_token_means_the_session_timed_out() {
-    let world = World::start(resume_config()).await;
+    let world = World::start(signed_config()).await;
     let started = world.start_session(TARGET, None, &[]);
     let id = started.session_id.clone();
     world.api.set_fault(
@@ -287,7 +280,7 @@ async fn resume_without_a_token_means_the_session_timed_out() {
 /// ResumeSession is signed with keys fetched afresh, never with the first ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_resume_is_signed_with_fresh_keys_from_credential_process() {
-    let world = World::start(resume_config()).await;
+    let world = World::start(signed_config()).await;
     let started = world.start_session(TARGET, None, &[]);
     let id = started.session_id.clone();
     let home = Home::empty();

@@ -148,9 +148,7 @@ async fn ansible_task_runs_once_across_a_bye() {
     let Some(bin) = ansible_bin() else { return };
     let t0 = Instant::now();
 
-    let mut cfg = fast_config();
-    cfg.ws_credentials = ws_credentials();
-    cfg.require_signed_upgrade = true;
+    let mut cfg = signed_config();
     // Every websocket is closed with 1000 "Bye" 2 s after it opens: during the task's sleep 4.
     cfg.limits.ws_lifetime = Some(Duration::from_secs(2));
     let world = World::start(cfg).await;

@@ -162,10 +162,7 @@ async fn a_session_refused_before_connecting_never_says_it_started() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_files_that_do_not_exist_put_nothing_on_stderr() {
-    let mut cfg = fast_config();
-    cfg.ws_credentials = ws_credentials();
-    cfg.require_signed_upgrade = true;
-    let world = World::start(cfg).await;
+    let world = World::start(signed_config()).await;
     let started = world.start_session(TARGET, None, &[]);
     let home = Home::empty();
     let mut cmd = plugin(&world, &started, &home, "", TARGET, &world.api.url());

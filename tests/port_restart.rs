@@ -145,8 +145,20 @@ async fn a_basic_forward_whose_resume_is_refused_continues_in_a_new_session() {
     refused_resume_starts_a_new_session("3.0.196.0").await;
 }
 
-#[tokio::test]
-async fn restarting_can_be_turned_off() {
+/// A drop-in port forward to an echo server with `SESSION_MANAGER_PLUGIN_PORT_RESTARTS` set to
+/// `restarts`, once an echo went through it: the world, the plugin, the session id, and what
+/// must live as long as the plugin (its HOME with the credentials, the echo server's handle).
+async fn working_forward(
+    restarts: &str,
+) -> (
+    World,
+    Running,
+    String,
+    (
+        Home,
+        tokio::sync::mpsc::UnboundedReceiver<port_common::Seen>,
+    ),
+) {
     let world = World::start(unpaced_config()).await;
     let (dport, _seen) = server("127.0.0.1", Behaviour::Echo).await;
     let started = world.start_session(TARGET, Some(DOC), &[("portNumber", &dport.to_string())]);
@@ -158,10 +170,16 @@ async fn restarting_can_be_turned_off() {
     });
     let home = Home::with_keys("default", KEY, SECRET);
     let mut cmd = plugin_request(&world, &started, &home, "", &request, &world.api.url());
-    cmd.env("SESSION_MANAGER_PLUGIN_PORT_RESTARTS", "0");
+    cmd.env("SESSION_MANAGER_PLUGIN_PORT_RESTARTS", restarts);
     let p = Running::spawn(cmd);
     let port = p.port(&id, STEP).await;
     echo_through(port, 3, 4096).await;
+    (world, p, id, (home, _seen))
+}
+
+#[tokio::test]
+async fn restarting_can_be_turned_off() {
+    let (world, p, id, _keep) = working_forward("0").await;
     world.api.set_fault(
         "ResumeSession",
         Fault::error(400, "AccessDeniedException", "no"),
@@ -175,21 +193,7 @@ async fn restarting_can_be_turned_off() {
 
 #[tokio::test]
 async fn giving_up_says_no_new_session_started_when_none_did() {
-    let world = World::start(unpaced_config()).await;
-    let (dport, _seen) = server("127.0.0.1", Behaviour::Echo).await;
-    let started = world.start_session(TARGET, Some(DOC), &[("portNumber", &dport.to_string())]);
-    let id = started.session_id.clone();
-    let request = serde_json::json!({
-        "Target": TARGET,
-        "DocumentName": DOC,
-        "Parameters": {"portNumber": [dport.to_string()]},
-    });
-    let home = Home::with_keys("default", KEY, SECRET);
-    let mut cmd = plugin_request(&world, &started, &home, "", &request, &world.api.url());
-    cmd.env("SESSION_MANAGER_PLUGIN_PORT_RESTARTS", "2");
-    let p = Running::spawn(cmd);
-    let port = p.port(&id, STEP).await;
-    echo_through(port, 1, 1024).await;
+    let (world, p, id, _keep) = working_forward("2").await;
     world.api.set_fault(
         "ResumeSession",
         Fault::error(400, "AccessDeniedException", "no"),

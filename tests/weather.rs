@@ -25,14 +25,6 @@ const RESUMED_WITHIN: Duration = Duration::from_secs(30);
 const STEP: Duration = Duration::from_secs(30);
 const LIMIT: Duration = Duration::from_secs(40);
 
-/// Signed upgrades and resumes, as in the reconnection tests.
-fn shell_config() -> agent_sim::SimConfig {
-    let mut cfg = fast_config();
-    cfg.ws_credentials = ws_credentials();
-    cfg.require_signed_upgrade = true;
-    cfg
-}
-
 // ---------------------------------------------------------------------------------------------
 // The relay
 // ---------------------------------------------------------------------------------------------
@@ -303,7 +295,7 @@ async fn a_frozen_link_is_resumed_for_an_idle_shell_and_a_port_transfer() {
 }
 
 async fn an_idle_shell_behind_a_frozen_link_is_resumed_and_gets_the_typed_line() {
-    let world = World::start(shell_config()).await;
+    let world = World::start(signed_config()).await;
     let (started, relay) = through_relay(&world, None, &[], None).await;
     let id = started.session_id.clone();
     let home = Home::with_keys("default", KEY, SECRET);
@@ -355,10 +347,7 @@ async fn an_idle_shell_behind_a_frozen_link_is_resumed_and_gets_the_typed_line()
 
 async fn a_port_transfer_behind_a_frozen_link_resumes_byte_exact() {
     // The service limits stay on: the transfer is paced, so data is in flight at the freeze.
-    let mut cfg = fast_config();
-    cfg.ws_credentials = ws_credentials();
-    cfg.require_signed_upgrade = true;
-    let world = World::start(cfg).await;
+    let world = World::start(signed_config()).await;
     let (dport, _seen) = server("127.0.0.1", Behaviour::Echo).await;
     let dp = dport.to_string();
     let (started, relay) =
@@ -556,7 +545,7 @@ async fn an_idle_forward_is_not_cut_by_an_idle_cutting_relay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumes_are_silent_on_a_stderr_that_is_no_terminal() {
-    let world = World::start(shell_config()).await;
+    let world = World::start(signed_config()).await;
     let started = world.start_session(TARGET, None, &[]);
     let id = started.session_id.clone();
     let home = Home::with_keys("default", KEY, SECRET);

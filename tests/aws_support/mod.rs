@@ -74,6 +74,15 @@ impl World {
     }
 }
 
+/// [`fast_config`] with SigV4 required and checked on every websocket upgrade, for both test
+/// key pairs.
+pub fn signed_config() -> SimConfig {
+    let mut cfg = fast_config();
+    cfg.ws_credentials = ws_credentials();
+    cfg.require_signed_upgrade = true;
+    cfg
+}
+
 /// Signature checking on the simulated relay for both test key pairs.
 pub fn ws_credentials() -> std::collections::BTreeMap<String, String> {
     [(KEY, SECRET), (KEY2, SECRET2)]
